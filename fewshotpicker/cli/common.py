@@ -1,0 +1,70 @@
+"""Helpers shared by the command modules: configs from flags, globs, progress, logging."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence, Type, TypeVar
+
+from tqdm import tqdm
+
+from ..config import from_dict, load_config, to_dict
+from ..errors import InputError
+
+T = TypeVar("T")
+log = logging.getLogger("fewshotpicker")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log to stderr as ``fewshotpicker: message`` (INFO, or DEBUG with --verbose)."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="fewshotpicker: %(message)s", stream=sys.stderr, force=True)
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="JSON",
+                        help="read parameters from a JSON file (a run's config.json works); "
+                             "flags given on the command line override it")
+
+
+def build_config(cls: Type[T], args: argparse.Namespace, flags: dict) -> T:
+    """Defaults <- ``--config`` file <- flags set on the command line.
+
+    ``flags`` maps argparse destinations to config field names; a flag whose
+    value is None was not given and leaves the field alone.
+    """
+    values = to_dict(load_config(cls, args.config)) if getattr(args, "config", None) else {}
+    for dest, name in flags.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            values[name] = value
+    return from_dict(cls, values)
+
+
+def expand_images(patterns: Sequence[str], what: str = "micrographs") -> List[Path]:
+    """Expand globs and folders into a sorted list of MRC files; refuse an empty result."""
+    files: List[Path] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            files += sorted(path.glob("*.mrc"))
+        else:
+            matched = sorted(glob.glob(os.path.expanduser(pattern)))
+            files += [Path(m) for m in matched] if matched else ([path] if path.exists() else [])
+    if not files:
+        raise InputError(f"No {what} found for {' '.join(patterns)}.")
+    return list(dict.fromkeys(files))
+
+
+def progress(items: Iterable, desc: str, total: Optional[int] = None):
+    """A tqdm progress bar on stderr (off when FEWSHOTPICKER_NO_PROGRESS is set)."""
+    return tqdm(items, desc=desc, total=total, file=sys.stderr, dynamic_ncols=True,
+                disable=bool(os.environ.get("FEWSHOTPICKER_NO_PROGRESS")))
+
+
+def config_fields(cls) -> List[str]:
+    return [f.name for f in dataclasses.fields(cls)]

@@ -1,0 +1,47 @@
+"""``fewshotpicker <command>``: the engine's command-line entry point.
+
+Each command lives in its own module with ``add_parser`` and ``run``. Bad
+input ends with one sentence on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from .. import __version__
+from ..errors import InputError
+from . import demo, dog, evaluate, simulate
+from .common import setup_logging
+
+COMMANDS = [simulate, dog, evaluate, demo]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fewshotpicker",
+        description="Few-shot cryo-EM particle picking: simulate, train, pick, evaluate.")
+    parser.add_argument("--version", action="version", version=f"fewshotpicker {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="command", required=True)
+    for module in COMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one command; returns the exit code (0 ok, 2 bad input)."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except InputError as exc:
+        print(f"fewshotpicker {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fewshotpicker {args.command}: interrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Frozen dataclasses: the one source of truth for every parameter.
+
+Each engine command has one config class. ``to_dict``/``from_dict`` round-trip
+through JSON, and :func:`write_run_record` stores the config with the engine
+version, the seed and the command line in the output folder (``config.json``),
+so every run is a pure function of its recorded config and inputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Type, TypeVar
+
+from . import __version__
+from .errors import InputError
+from .io.atomic import write_text_atomic
+
+T = TypeVar("T")
+
+
+def to_dict(config: Any) -> dict:
+    """Return a JSON-ready dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def from_dict(cls: Type[T], values: dict) -> T:
+    """Build ``cls`` from ``values``; unknown keys are an error, lists become tuples."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise InputError(f"Unknown parameter(s) {', '.join(unknown)} for {cls.__name__}.")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def load_config(cls: Type[T], path: str | os.PathLike) -> T:
+    """Read a config JSON file (a run record or a bare dict) into ``cls``."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: config file not found.") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}).") from None
+    return from_dict(cls, data.get("config", data))
+
+
+def write_run_record(out_dir: str | os.PathLike, command: str, config: Any,
+                     argv: Optional[Sequence[str]] = None) -> Path:
+    """Write ``out_dir/config.json``: command, config, version, seed, command line, host."""
+    record = {
+        "command": command,
+        "version": __version__,
+        "seed": getattr(config, "seed", None),
+        "argv": list(sys.argv if argv is None else argv),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "config": to_dict(config),
+    }
+    return write_text_atomic(Path(out_dir) / "config.json", json.dumps(record, indent=2) + "\n")
+
+
+@dataclass(frozen=True)
+class MicrographSimConfig:
+    """Parameters of the micrograph simulator (``fewshotpicker simulate``).
+
+    Lengths in pixels unless the name says Å or µm.
+    """
+    n_micrographs: int = 6
+    shape: tuple = (1024, 1024)        # (h, w) px
+    pixel_size: float = 5.0            # Å / px
+    density: str = ""                  # MRC map path; "" = generated pseudo-atomic density
+    particle_diameter_A: float = 200.0  # only for the generated density
+    crowding: float = 0.25             # fraction of the area covered by particle discs
+    min_separation: float = 1.05       # minimum centre distance, in particle diameters
+    snr: float = 0.05                  # particle signal variance / shot-noise variance
+    dose: float = 40.0                 # electrons per Å^2
+    voltage_kv: float = 300.0
+    cs_mm: float = 2.7
+    amplitude_contrast: float = 0.07
+    defocus_um: tuple = (1.0, 2.5)     # uniform range, underfocus positive
+    bfactor: float = 80.0              # Å^2, envelope exp(-B k^2 / 4)
+    ice_gradient: float = 0.3          # relative thickness change across the image
+    ice_texture: float = 0.5           # ice structure variance / particle variance
+    carbon_edge: float = 0.5           # probability that a micrograph shows a carbon edge
+    ice_crystals: float = 3.0          # mean number of ice-crystal contaminants
+    aggregates: float = 2.0            # mean number of protein aggregates
+    exemplars: int = 15                # exemplars drawn from the first micrograph
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TomogramSimConfig:
+    """Parameters of the tomogram simulator. Shapes are (z, y, x) voxels."""
+    n_tomograms: int = 2
+    shape: tuple = (64, 192, 192)
+    voxel_size: float = 10.0           # Å / voxel
+    densities: tuple = ()              # MRC map paths; () = generated species
+    n_species: int = 3                 # used when densities is empty
+    diameters_A: tuple = (220.0, 160.0, 120.0)
+    crowding: float = 0.08             # fraction of the volume covered by particles
+    snr: float = 0.1
+    tilt_range_deg: float = 60.0       # +- tilt; the missing wedge lies beyond it
+    defocus_um: float = 4.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DogConfig:
+    """Difference-of-Gaussians baseline picker. Lengths in pixels."""
+    diameter: float = 40.0             # particle diameter, px
+    threshold: str = "auto"            # "auto" (noise-calibrated) or a number
+    min_distance: float = 0.0          # 0 = particle radius
+    exclude_border: float = 0.0        # px kept free at the edges (0 = half a radius)
+    dark_particles: bool = True        # cryo-EM contrast: protein darker than ice
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Evaluation of picks against ground truth."""
+    box: float = 40.0                  # box side, px (also the particle diameter for radius rules)
+    radius: float = 0.0                # matching radius for the Topaz rule, px (0 = box / 2)
+    conventions: tuple = ("cryomae", "hydrapicker", "topaz")
+    seed: int = 0

@@ -1,0 +1,1 @@
+"""Data: densities, CTF, synthetic micrographs and tomograms, previews."""

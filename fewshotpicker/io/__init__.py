@@ -1,0 +1,1 @@
+"""Input and output: MRC images and volumes, coordinate files, atomic writes."""

@@ -1,0 +1,1 @@
+"""Picking: peak finding, the DoG baseline, and (later) batched window scoring."""
