@@ -21,7 +21,7 @@ from one seeded generator: the same config gives the same files.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
@@ -44,7 +44,8 @@ LURE_CLASSES = {"ice": 1, "aggregate": 2, "carbon_edge": 3}
 class SimulatedMicrograph:
     """One simulated image ``(h, w)`` (electron counts) with its truth.
 
-    ``particles``: ``(n, 2)`` centres (x, y) px; ``lures``: list of (kind, x, y).
+    ``particles``: ``(n, 2)`` centres (x, y) px; ``lures``: list of (kind, x, y);
+    ``expected``: the noise-free expected counts ``(h, w)`` behind ``image``.
     """
     image: np.ndarray
     particles: np.ndarray
@@ -53,7 +54,7 @@ class SimulatedMicrograph:
     dose_per_px: float
     contrast: float
     carbon_mask: Optional[np.ndarray] = None
-    info: dict = field(default_factory=dict)
+    expected: Optional[np.ndarray] = None
 
 
 # ------------------------------------------------------------------ placement
@@ -190,12 +191,12 @@ def _phase_and_amplitude(cfg: MicrographSimConfig, density: PointDensity, shape:
 
 
 def _ice(shape: tuple, gradient: float, rng: np.random.Generator) -> np.ndarray:
-    """Relative ice thickness ``(h, w)``: 1 + a linear ramp + slow undulation."""
+    """Relative ice thickness ``(h, w)``: 1 + a linear ramp + slow undulation (0: flat ice)."""
     h, w = shape
     angle = rng.uniform(0, 2 * np.pi)
     yy, xx = np.mgrid[0:h, 0:w]
     ramp = (np.cos(angle) * (xx / w - 0.5) + np.sin(angle) * (yy / h - 0.5))
-    return 1.0 + gradient * ramp + 0.05 * _smooth_field(shape, max(h, w) / 8, rng)
+    return 1.0 + gradient * (ramp + 0.15 * _smooth_field(shape, max(h, w) / 8, rng))
 
 
 def _disc_mask(shape: tuple, centres: np.ndarray, radius: float) -> np.ndarray:
@@ -232,7 +233,7 @@ def simulate_micrograph(cfg: MicrographSimConfig, density: PointDensity,
     expected = dose_px * transmission * np.clip(1.0 + contrast * phase, 0.05, None)
     image = rng.poisson(expected).astype(np.float32)
     return SimulatedMicrograph(image, centres, lures, defocus / 1e4, dose_px, float(contrast),
-                               carbon, {"n_particles": int(len(centres))})
+                               carbon, expected.astype(np.float32))
 
 
 # ------------------------------------------------------------------ data set

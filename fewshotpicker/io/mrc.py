@@ -41,13 +41,29 @@ def _open(path: Path):
             warnings.simplefilter("ignore")
             return mrcfile.mmap(path, mode="r", permissive=False)
     except ValueError as exc:
-        text = str(exc)
-        if "smaller than expected" in text or "too small" in text or "Expected" in text:
-            raise InputError(f"{path}: truncated MRC file (the data block is shorter than "
-                             f"its header says).") from None
-        raise InputError(f"{path}: not a valid MRC file ({text.rstrip('.')}).") from None
+        expected = _size_promised_by_header(path)
+        if expected is not None and path.stat().st_size < expected:
+            raise InputError(f"{path}: truncated MRC file ({path.stat().st_size} bytes, but "
+                             f"its header describes {expected}).") from None
+        raise InputError(f"{path}: not a valid MRC file ({str(exc).rstrip('.')}).") from None
     except (OSError, EOFError) as exc:
         raise InputError(f"{path}: cannot be read as MRC ({exc}).") from None
+
+
+def _size_promised_by_header(path: Path) -> Optional[int]:
+    """File size in bytes that a readable MRC header describes, or None if unreadable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+                h = mrc.header
+                if h is None or mrc.header.map != mrcfile.constants.MAP_ID:
+                    return None
+                dtype = mrcfile.utils.data_dtype_from_header(h)
+                n = int(h.nx) * int(h.ny) * int(h.nz)
+                return 1024 + int(h.nsymbt) + n * dtype.itemsize
+    except Exception:  # any failure means the header itself is unusable
+        return None
 
 
 def _pixel_size(mrc) -> Optional[float]:

@@ -1,0 +1,109 @@
+"""The command line, run in-process on toy data: outputs, run records, and bad input."""
+import json
+
+import numpy as np
+import pytest
+import starfile
+
+from fewshotpicker.cli.main import main
+from fewshotpicker.io.mrc import write_mrc
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "data"
+    assert main(["simulate", "--out", str(out), "--n", "2", "--shape", "256", "256",
+                 "--seed", "4", "--snr", "0.1", "--crowding", "0.2"]) == 0
+    return out
+
+
+def test_simulate_writes_data_truth_preview_and_run_record(tiny):
+    assert sorted(p.name for p in (tiny / "micrographs").iterdir()) == ["mic_000.mrc",
+                                                                       "mic_001.mrc"]
+    for name in ("truth.star", "exemplars.star", "lures.star", "meta.json", "preview.png"):
+        assert (tiny / name).exists(), name
+    record = json.loads((tiny / "config.json").read_text())
+    assert record["command"] == "simulate" and record["seed"] == 4
+    assert record["config"]["shape"] == [256, 256] and record["config"]["snr"] == 0.1
+    assert "--seed" in record["argv"] or record["argv"]
+
+
+def test_simulate_tomograms(tmp_path, capsys):
+    code, _, _ = run(capsys, "simulate", "--kind", "tomograms", "--out", str(tmp_path),
+                     "--n", "1", "--shape", "32", "64", "64", "--seed", "1")
+    assert code == 0
+    truth = starfile.read(tmp_path / "truth3d.star")
+    assert {"rlnTomoName", "rlnCoordinateZ", "rlnClassNumber"} <= set(truth.columns)
+    assert (tmp_path / "tomograms" / "tomo_000.mrc").exists()
+    assert (tmp_path / "preview.png").exists()
+
+
+def test_config_file_then_flags_override(tmp_path, capsys):
+    (tmp_path / "run.json").write_text(json.dumps({"n_micrographs": 1, "shape": [128, 128],
+                                                   "seed": 9, "snr": 0.2}))
+    code, _, _ = run(capsys, "simulate", "--out", str(tmp_path / "o"), "--config",
+                     str(tmp_path / "run.json"), "--seed", "11")
+    assert code == 0
+    record = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert record["seed"] == 11 and record["config"]["snr"] == 0.2
+    assert record["config"]["shape"] == [128, 128]
+
+
+def test_dog_then_evaluate(tiny, tmp_path, capsys):
+    meta = json.loads((tiny / "meta.json").read_text())
+    code, _, _ = run(capsys, "dog", "--micrographs", str(tiny / "micrographs" / "*.mrc"),
+                     "--diameter", str(meta["particle_diameter_px"]), "--out",
+                     str(tmp_path / "picks"))
+    assert code == 0 and (tmp_path / "picks" / "autopick.star").exists()
+    code, out, _ = run(capsys, "evaluate", "--picks", str(tmp_path / "picks"), "--truth",
+                       str(tiny / "truth.star"), "--box", str(meta["box_px"]),
+                       "--per-micrograph")
+    assert code == 0
+    assert out.splitlines()[0].startswith("convention")
+    assert sum(line.startswith("cryomae") for line in out.splitlines()) == 3  # all + 2 mics
+    metrics = json.loads((tmp_path / "picks" / "evaluation" / "metrics.json").read_text())
+    pooled = metrics["conventions"]["cryomae"]["pooled"]
+    assert pooled["tp"] + pooled["fn"] == meta["n_particles"]
+    assert pooled["tp"] >= 1
+    assert pooled["f1"] == pytest.approx(2 * pooled["tp"] / (2 * pooled["tp"] + pooled["fp"]
+                                                             + pooled["fn"]))
+
+
+def test_bad_input_gives_one_sentence_and_exit_2(tmp_path, capsys):
+    code, _, err = run(capsys, "evaluate", "--picks", str(tmp_path / "none.star"), "--truth",
+                       str(tmp_path / "t.star"), "--box", "40")
+    assert code == 2
+    assert err.strip() == f"fewshotpicker evaluate: error: {tmp_path / 'none.star'}: file not found."
+    code, _, err = run(capsys, "dog", "--micrographs", str(tmp_path / "*.mrc"), "--diameter",
+                       "20", "--out", str(tmp_path / "p"))
+    assert code == 2 and "No micrographs found" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "bad.mrc").write_bytes(b"\0" * 100)
+    code, _, err = run(capsys, "dog", "--micrographs", str(tmp_path / "bad.mrc"), "--diameter",
+                       "20", "--out", str(tmp_path / "p"))
+    assert code == 2 and "bad.mrc" in err and len(err.strip().splitlines()) == 1
+    write_mrc(tmp_path / "stack.mrc", np.ones((2, 32, 32)))
+    code, _, err = run(capsys, "dog", "--micrographs", str(tmp_path / "stack.mrc"),
+                       "--diameter", "20", "--out", str(tmp_path / "p"))
+    assert code == 2 and "stack or volume" in err
+    (tmp_path / "run.json").write_text(json.dumps({"snr": 0.1, "colour": "red"}))
+    code, _, err = run(capsys, "simulate", "--out", str(tmp_path / "s"), "--config",
+                       str(tmp_path / "run.json"))
+    assert code == 2 and "Unknown parameter(s) colour" in err
+
+
+def test_demo_main_job_writes_picks_report_and_scores(tmp_path, capsys):
+    code, out, _ = run(capsys, "demo", "--out", str(tmp_path), "--n", "1", "--size", "256")
+    assert code == 0
+    assert "cryomae" in out and "DoG baseline" in out
+    report = (tmp_path / "report.md").read_text()
+    assert "F1 at IoU 0.5" in report
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert 0.0 <= summary["dog"]["f1"] <= 1.0
+    assert (tmp_path / "picks_dog" / "autopick.star").exists()
+    assert (tmp_path / "evaluation_dog" / "precision_recall.png").exists()

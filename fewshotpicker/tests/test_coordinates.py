@@ -1,0 +1,119 @@
+"""Coordinate files: RELION STAR (2D, index, tomograms), EMAN .box, Topaz; round trips and errors."""
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+
+from fewshotpicker.errors import InputError
+from fewshotpicker.io.coordinates import (make_coordinates, match_micrographs, micrograph_key,
+                                          read_coordinates, read_tomo_coordinates,
+                                          write_autopick, write_box, write_coordinate_table,
+                                          write_tomo_coordinates, write_topaz)
+
+
+def _picks():
+    a = make_coordinates("mics/mic_000.mrc", [[10.5, 20.25], [100.0, 50.0]], [0.9, 0.4])
+    b = make_coordinates("mics/mic_001.mrc", [[7.0, 8.0]], [0.7])
+    return pd.concat([a, b], ignore_index=True)
+
+
+@pytest.mark.parametrize("name,key", [("a/b/mic_01.mrc", "mic_01"), ("mic_01_autopick.star",
+                                       "mic_01"), ("x.box", "x"), ("stem", "stem"),
+                                      ("/p/TS_01.mrcs", "TS_01")])
+def test_micrograph_key(name, key):
+    assert micrograph_key(name) == key
+
+
+def test_autopick_round_trip_and_relion_layout(tmp_path):
+    picks = _picks()
+    index = write_autopick(picks, tmp_path, ["mics/mic_000.mrc", "mics/mic_001.mrc",
+                                             "mics/mic_002.mrc"])
+    text = index.read_text()
+    assert "data_coordinate_files" in text and "_rlnMicrographCoordinates" in text
+    per_mic = starfile.read(tmp_path / "mic_000_autopick.star")
+    assert list(per_mic.columns) == ["rlnCoordinateX", "rlnCoordinateY", "rlnClassNumber",
+                                     "rlnAutopickFigureOfMerit", "rlnAnglePsi"]
+    assert per_mic["rlnAutopickFigureOfMerit"].tolist() == [0.9, 0.4]
+    back = read_coordinates(index)
+    assert back["micrograph"].tolist() == picks["micrograph"].tolist()
+    np.testing.assert_allclose(back[["x", "y", "score"]], picks[["x", "y", "score"]])
+    # the micrograph without picks still has an (empty) file and an index entry
+    assert (tmp_path / "mic_002_autopick.star").exists()
+    assert len(starfile.read(index)) == 3
+    # a folder is read through its index
+    assert len(read_coordinates(tmp_path)) == 3
+
+
+def test_coordinate_table_round_trip(tmp_path):
+    picks = _picks()
+    write_coordinate_table(picks, tmp_path / "ex.star")
+    df = starfile.read(tmp_path / "ex.star")
+    assert {"rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY"} <= set(df.columns)
+    back = read_coordinates(tmp_path / "ex.star")
+    np.testing.assert_allclose(back[["x", "y"]], picks[["x", "y"]])
+    assert back["micrograph"].tolist() == picks["micrograph"].tolist()
+
+
+def test_star_without_coordinates_is_refused(tmp_path):
+    starfile.write(pd.DataFrame({"rlnMicrographName": ["a.mrc"], "rlnDefocusU": [1.0]}),
+                   tmp_path / "ctf.star")
+    with pytest.raises(InputError, match=r"ctf\.star: has no rlnCoordinateX/rlnCoordinateY"):
+        read_coordinates(tmp_path / "ctf.star")
+
+
+def test_missing_star_and_unreadable_star(tmp_path):
+    with pytest.raises(InputError, match=r"gone\.star: file not found"):
+        read_coordinates(tmp_path / "gone.star")
+    (tmp_path / "bad.star").write_text("data_\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n"
+                                       "1 2 3 4 5\n")
+    with pytest.raises(InputError, match=r"bad\.star"):
+        read_coordinates(tmp_path / "bad.star")
+
+
+def test_box_round_trip_uses_corners(tmp_path):
+    picks = make_coordinates("m.mrc", [[50.0, 60.0], [10.0, 12.0]])
+    write_box(picks, tmp_path / "m.box", box=20)
+    assert (tmp_path / "m.box").read_text().splitlines()[0] == "40\t50\t20\t20"
+    back = read_coordinates(tmp_path / "m.box")
+    np.testing.assert_allclose(back[["x", "y"]], [[50, 60], [10, 12]])
+    assert back["micrograph"].tolist() == ["m", "m"]
+
+
+def test_topaz_round_trip(tmp_path):
+    picks = _picks()
+    write_topaz(picks, tmp_path / "t.txt")
+    header = (tmp_path / "t.txt").read_text().splitlines()[0].split("\t")
+    assert header == ["image_name", "x_coord", "y_coord", "score"]
+    back = read_coordinates(tmp_path / "t.txt")
+    assert back["micrograph"].tolist() == ["mic_000", "mic_000", "mic_001"]
+    np.testing.assert_allclose(back["x"], [10, 100, 7])  # Topaz stores integers
+    np.testing.assert_allclose(back["score"], [0.9, 0.4, 0.7])
+
+
+def test_names_that_match_no_micrograph(tmp_path):
+    with pytest.raises(InputError, match=r"exemplars\.star: names 1 image\(s\) that match no "
+                                         r"given micrograph \(mic_001\)"):
+        match_micrographs(_picks(), ["/data/mic_000.mrc"], "exemplars.star")
+    ok = match_micrographs(_picks(), ["/data/mic_000.mrc", "/data/mic_001.mrc"], "x")
+    assert ok["micrograph"].iloc[-1] == "/data/mic_001.mrc"
+
+
+def test_tomogram_coordinates_relion5_centred_angstrom_and_relion4(tmp_path):
+    picks = make_coordinates("tomos/TS_01.mrc", [[150.0, 50.0, 32.0], [0.0, 0.0, 0.0]],
+                             [0.8, 0.5], [1, 2])
+    shapes = {"TS_01": (64, 100, 200)}  # (d, h, w)
+    write_tomo_coordinates(picks, tmp_path / "r5.star", shapes, pixel_size=10.0)
+    df = starfile.read(tmp_path / "r5.star")
+    assert df["rlnTomoName"].tolist() == ["TS_01", "TS_01"]
+    # (150 - 200/2) * 10 = 500 Å; (50 - 100/2) * 10 = 0; (32 - 64/2) * 10 = 0
+    assert df.loc[0, ["rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst",
+                      "rlnCenteredCoordinateZAngst"]].tolist() == [500.0, 0.0, 0.0]
+    assert df.loc[1, "rlnCenteredCoordinateXAngst"] == -1000.0
+    back = read_tomo_coordinates(tmp_path / "r5.star", shapes, 10.0)
+    np.testing.assert_allclose(back[["x", "y", "z"]], picks[["x", "y", "z"]])
+    assert back["class"].tolist() == [1, 2]
+    write_tomo_coordinates(picks, tmp_path / "r4.star", shapes, 10.0, relion=4)
+    back4 = read_tomo_coordinates(tmp_path / "r4.star")
+    np.testing.assert_allclose(back4[["x", "y", "z"]], picks[["x", "y", "z"]])
+    with pytest.raises(InputError, match="shapes and pixel size are needed"):
+        read_tomo_coordinates(tmp_path / "r5.star")

@@ -1,0 +1,86 @@
+"""Peak finding and the DoG baseline on synthetic images with known answers."""
+import numpy as np
+import pytest
+
+from fewshotpicker.config import DogConfig
+from fewshotpicker.picking.dog import pick_dog
+from fewshotpicker.picking.peaks import find_peaks, otsu_threshold, suppress_close
+
+
+def gaussian_map(shape, centres, sigma=3.0, heights=None):
+    """Sum of Gaussians at ``centres`` (x, y[, z]) on a grid of ``shape`` (array order)."""
+    grids = np.indices(shape).astype(float)[::-1]  # x, y(, z)
+    out = np.zeros(shape)
+    for i, c in enumerate(centres):
+        d2 = sum((g - ci) ** 2 for g, ci in zip(grids, c))
+        out += (1.0 if heights is None else heights[i]) * np.exp(-d2 / (2 * sigma ** 2))
+    return out
+
+
+def test_subpixel_peaks_recovered_in_x_y_order():
+    centres = [(20.3, 40.7), (70.6, 15.2), (50.0, 80.45)]
+    pos, score = find_peaks(gaussian_map((100, 90), centres), min_distance=10)
+    assert len(pos) == 3
+    for c in centres:
+        assert np.min(np.linalg.norm(pos - np.array(c), axis=1)) < 0.15
+
+
+def test_min_distance_keeps_the_higher_of_two_close_peaks():
+    score = gaussian_map((60, 60), [(20, 30), (27, 30)], sigma=1.5, heights=[1.0, 0.8])
+    pos, _ = find_peaks(score, min_distance=10)
+    assert len(pos) == 1 and abs(pos[0][0] - 20) < 0.5
+    pos, _ = find_peaks(score, min_distance=4)
+    assert len(pos) == 2
+
+
+def test_threshold_and_border_exclusion():
+    score = gaussian_map((60, 60), [(3, 30), (30, 30), (45, 45)], heights=[1.0, 1.0, 0.3])
+    pos, values = find_peaks(score, 8, threshold=0.5, exclude_border=5)
+    assert len(pos) == 1 and np.allclose(pos[0], (30, 30), atol=0.1)
+    assert values[0] == pytest.approx(1.0, abs=0.01)
+
+
+def test_peaks_in_3d():
+    centres = [(10.2, 20.0, 5.0), (30.0, 8.0, 12.6)]
+    pos, _ = find_peaks(gaussian_map((20, 30, 40), centres, sigma=2.0), min_distance=6)
+    assert len(pos) == 2
+    for c in centres:
+        assert np.min(np.linalg.norm(pos - np.array(c), axis=1)) < 0.2
+
+
+def test_suppress_close_order_and_distance():
+    pts = np.array([[0.0, 0.0], [3.0, 0.0], [10.0, 0.0]])
+    keep = suppress_close(pts, np.array([0.5, 0.9, 0.1]), 5.0)
+    assert keep.tolist() == [1, 2]
+
+
+def test_otsu_splits_two_modes():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(0, 1, 500), rng.normal(10, 1, 500)])
+    assert 3 < otsu_threshold(values) < 7
+
+
+def _disc_image(centres, radius, shape=(200, 200), contrast=-1.0, noise=0.3, seed=0):
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    img = np.zeros(shape)
+    for x, y in centres:
+        img += contrast * ((xx - x) ** 2 + (yy - y) ** 2 <= radius ** 2)
+    return img + np.random.default_rng(seed).normal(0, noise, shape)
+
+
+def test_dog_finds_dark_discs_and_nothing_else():
+    centres = [(40, 50), (120, 40), (150, 150), (60, 140)]
+    xy, scores, thr = pick_dog(_disc_image(centres, 10), DogConfig(diameter=20))
+    assert len(xy) == 4
+    for c in centres:
+        assert np.min(np.linalg.norm(xy - np.array(c), axis=1)) < 2.0
+
+
+def test_dog_bright_particles_need_the_flag():
+    centres = [(50, 50), (140, 120)]
+    image = _disc_image(centres, 10, contrast=+1.0)
+    xy, _, _ = pick_dog(image, DogConfig(diameter=20, dark_particles=False))
+    assert len(xy) == 2
+    xy_dark, _, _ = pick_dog(image, DogConfig(diameter=20))
+    assert all(np.min(np.linalg.norm(xy_dark - np.array(c), axis=1)) > 5 for c in centres) \
+        if len(xy_dark) else True
