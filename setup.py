@@ -39,7 +39,8 @@ setup(
     install_requires=ENGINE,
     extras_require={
         "scipion": SCIPION,
-        "test": SCIPION + ["pytest>=7"],
+        # scipion-em-relion: STAR coordinate import/export in the Scipion project tests
+        "test": SCIPION + ["scipion-em-relion>=4", "pytest>=7"],
     },
     entry_points={
         "console_scripts": ["fewshotpicker = fewshotpicker.cli.main:main"],

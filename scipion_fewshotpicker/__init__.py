@@ -1,0 +1,75 @@
+"""Scipion plugin for few-shot particle picking (the ``fewshotpicker`` engine).
+
+The plugin never imports torch: its protocols write a ``config.json`` and run
+the engine as a subprocess through :meth:`Plugin.runEngine`, in the
+environment named by ``FEWSHOTPICKER_ENV_ACTIVATION`` (default: Scipion's own).
+"""
+import os
+import shlex
+import sys
+
+import pwem
+import pyworkflow.utils as pwutils
+
+from .constants import DEFAULT_ENV_ACTIVATION, ENGINE_PROGRAM, FEWSHOTPICKER_ENV_ACTIVATION
+
+__version__ = "0.1.0"
+_logo = ""
+_references = ["Xu2024CryoMAE", "Li2022PickerOptimizer", "Wang2025SemiETPicker",
+               "MasoumzadehTork2019HydraPicker"]
+
+
+class Plugin(pwem.Plugin):
+    # Keep _pathVars empty: Scipion refuses to run any protocol when a listed path is missing.
+    _pathVars = []
+    _supportedVersions = [__version__]
+    _url = "https://github.com/scipion-em/scipion-em-fewshotpicker"
+
+    @classmethod
+    def _defineVariables(cls):
+        cls._defineVar(FEWSHOTPICKER_ENV_ACTIVATION, DEFAULT_ENV_ACTIVATION)
+
+    @classmethod
+    def getActivation(cls):
+        """The shell command that activates the engine's environment ('' = this one)."""
+        return (cls.getVar(FEWSHOTPICKER_ENV_ACTIVATION) or "").strip()
+
+    @classmethod
+    def getEngineProgram(cls):
+        """The engine command line prefix: activation + ``fewshotpicker``.
+
+        With no activation, the console script beside this interpreter is used,
+        so the engine runs in the same environment as Scipion.
+        """
+        activation = cls.getActivation()
+        if activation:
+            return f"{activation} && {ENGINE_PROGRAM}"
+        local = os.path.join(os.path.dirname(sys.executable), ENGINE_PROGRAM)
+        return local if os.path.exists(local) else f"{shlex.quote(sys.executable)} -m fewshotpicker"
+
+    @classmethod
+    def getEnviron(cls):
+        """Environment for the engine: Scipion's, without its PYTHONPATH when another
+        environment is activated (it would shadow that environment's packages)."""
+        environ = pwutils.Environ(os.environ)
+        if cls.getActivation() and "PYTHONPATH" in environ:
+            del environ["PYTHONPATH"]
+        environ.setdefault("FEWSHOTPICKER_NO_PROGRESS", "1")
+        return environ
+
+    @classmethod
+    def runEngine(cls, protocol, command, configPath, extraArgs="", cwd=None):
+        """Run ``fewshotpicker <command> --config <configPath> [extraArgs]`` as a protocol job.
+
+        The engine's stdout/stderr go to the protocol's logs; a non-zero exit
+        fails the step with the engine's one-sentence error in the log.
+        """
+        args = f"{command} --config {shlex.quote(str(configPath))} {extraArgs}".strip()
+        protocol.runJob(cls.getEngineProgram(), args, env=cls.getEnviron(), cwd=cwd,
+                        numberOfMpi=1, numberOfThreads=1)
+
+    @classmethod
+    def defineBinaries(cls, env):
+        """Nothing to build: the engine is a Python package installed with this plugin
+        (``pip install scipion-em-fewshotpicker``), or in a separate environment that
+        ``FEWSHOTPICKER_ENV_ACTIVATION`` activates."""

@@ -1,0 +1,1 @@
+"""Protocols of the plugin, one per file (they arrive with the engine stages they wrap)."""
