@@ -129,3 +129,60 @@ class EvaluateConfig:
     radius: float = 0.0                # matching radius for the Topaz rule, px (0 = box / 2)
     conventions: tuple = ("cryomae", "hydrapicker", "topaz")
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Self-supervised MAE pretraining on random regions (``fewshotpicker pretrain``).
+
+    The paper pretrains on 7 data sets x 300 micrographs x 10 regions, Adam,
+    lr 1e-5, 100 epochs; the defaults here suit a user's own set.
+    """
+    model: str = "tiny"               # tiny | small | base
+    box: float = 0.0                  # region side in micrograph px (0 = the model input size)
+    regions_per_micrograph: int = 32
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 2e-4
+    min_lr: float = 1e-6
+    warmup: float = 0.05              # fraction of the steps with a linear warm-up
+    weight_decay: float = 0.05
+    mask_ratio: float = 0.75
+    highpass: float = 4.0             # background removal, in boxes (0 = none)
+    checkpoint_every: int = 200       # steps
+    device: str = "auto"              # auto | cpu | cuda | cuda:N
+    compile: bool = False             # torch.compile the model (pays off on GPUs for long runs)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Exemplar fine-tuning with MSE + beta * SCS (``fewshotpicker train``).
+
+    Paper defaults: 75% masking, beta 5, alpha 0.7, tau 0.02, pi 0.018,
+    unlabeled : positive = 2 : 1, half of the encoder frozen, 5000 epochs.
+    """
+    box: float = 0.0                  # particle box in micrograph px (required)
+    model: str = "tiny"               # used only without --pretrained
+    pretrained: str = ""              # folder or model.pt of a pretrain (or train) run
+    steps: int = 300
+    lr: float = 1e-4
+    min_lr: float = 1e-6
+    warmup: float = 0.05
+    weight_decay: float = 0.05
+    mask_ratio: float = 0.75
+    beta: float = 5.0
+    alpha: float = 0.7
+    tau: float = 0.02
+    prior: float = 0.018              # pi: probability that an unlabeled crop holds a particle
+    uu_diagonal: bool = False         # count each unlabeled crop with itself in S_uu
+    scs_features: str = "unmasked"    # features for SCS: "unmasked" (as in picking) or "masked"
+    unlabeled_ratio: float = 2.0      # unlabeled : positive crops per step
+    unlabeled_pool: int = 40          # unlabeled crops drawn per exemplar (sampled each step)
+    rotations: bool = True            # exemplars also at 90, 180, 270 degrees
+    freeze_blocks: int = -1           # -1 = half of the encoder blocks
+    highpass: float = 4.0
+    checkpoint_every: int = 100
+    device: str = "auto"
+    compile: bool = False
+    seed: int = 0

@@ -1,0 +1,57 @@
+"""``fewshotpicker pretrain``: self-supervised MAE pretraining on unlabeled micrographs.
+
+Any number of micrograph sets (globs or folders); no labels, no download. An
+interrupted run continues from its last checkpoint when run again with the
+same output folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..config import PretrainConfig, write_run_record
+from ..io.atomic import write_text_atomic
+from ..models.mae import MODEL_SIZES
+from ..training.pretrain import pretrain
+from .common import add_config_argument, build_config, expand_images, log, progress
+
+FLAGS = {"model": "model", "box": "box", "regions": "regions_per_micrograph",
+         "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "mask_ratio": "mask_ratio",
+         "checkpoint_every": "checkpoint_every", "device": "device", "compile": "compile",
+         "seed": "seed"}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("pretrain", help="MAE pretraining on unlabeled micrographs",
+                       description=__doc__)
+    p.add_argument("--micrographs", nargs="+", required=True,
+                   help="MRC files, globs or folders (any number of sets)")
+    p.add_argument("--out", required=True, help="output folder (model.pt, curves, checkpoint)")
+    p.add_argument("--model", choices=sorted(MODEL_SIZES), help="model size (default tiny)")
+    p.add_argument("--box", type=float, help="region side in px, best the particle box "
+                                             "(default: the model input size)")
+    p.add_argument("--regions", type=int, help="random regions per micrograph (default 32)")
+    p.add_argument("--epochs", type=int, help="passes over all regions (default 20)")
+    p.add_argument("--batch-size", type=int, help="regions per step (default 128)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 2e-4)")
+    p.add_argument("--mask-ratio", type=float, help="fraction of patches hidden (default 0.75)")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--compile", action="store_const", const=True,
+                   help="torch.compile the model (GPU, long runs)")
+    p.add_argument("--seed", type=int)
+    add_config_argument(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = build_config(PretrainConfig, args, FLAGS)
+    mics = expand_images(args.micrographs)
+    out = Path(args.out)
+    write_run_record(out, "pretrain", cfg)
+    summary = pretrain(cfg, mics, out, progress)
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    log.info("pretrained for %d steps on %d regions (final loss %.4f); model %s",
+             summary["steps"], summary["regions"], summary["final_loss"], out / "model.pt")
+    return 0

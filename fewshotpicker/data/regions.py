@@ -1,0 +1,138 @@
+"""Regions (crops) for training and picking, as torch tensors.
+
+A micrograph is first *prepared* once: rescaled so that one particle box
+becomes the model input size, its slow background (ice gradient, carbon)
+removed, and normalised. Regions are then square windows of the model input
+size cut from the prepared image, each normalised to zero mean and unit
+variance. Training and picking use the same preparation, so features agree.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+
+log = logging.getLogger("fewshotpicker")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How micrographs are prepared. ``box`` in micrograph px, ``img_size`` in model px."""
+    box: float
+    img_size: int
+    highpass: float = 4.0  # background blur, in boxes; 0 = none
+
+    @property
+    def scale(self) -> float:
+        """Model pixels per micrograph pixel."""
+        return self.img_size / self.box
+
+
+def _gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(h, w)`` with reflect padding (sigma in px)."""
+    radius = int(min(3 * sigma, (min(img.shape) - 1) // 2))
+    x = torch.arange(-radius, radius + 1, device=img.device, dtype=img.dtype)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    out = img[None, None]
+    out = F.conv2d(F.pad(out, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    out = F.conv2d(F.pad(out, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1))
+    return out[0, 0]
+
+
+def prepare_micrograph(image: np.ndarray | torch.Tensor, pre: Preprocess,
+                       device: str | torch.device = "cpu") -> torch.Tensor:
+    """Rescale, flatten and normalise a micrograph: ``(h, w)`` -> ``(h', w')`` float32.
+
+    ``h' = round(h * scale)``. Downscaling is anti-aliased. The background
+    (a Gaussian blur of ``highpass`` boxes) is subtracted, then the image is
+    divided by its robust standard deviation.
+    """
+    img = torch.as_tensor(np.asarray(image, dtype=np.float32), device=device)
+    h, w = img.shape
+    size = (max(1, round(h * pre.scale)), max(1, round(w * pre.scale)))
+    img = F.interpolate(img[None, None], size=size, mode="bilinear", align_corners=False,
+                        antialias=pre.scale < 1)[0, 0]
+    if pre.highpass > 0:
+        img = img - _gaussian_blur(img, pre.highpass * pre.img_size / 2.0)
+    med = img.median()
+    mad = (img - med).abs().median() * 1.4826 + 1e-6
+    return (img - med) / mad
+
+
+def normalize_regions(x: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit standard deviation per region: ``(n, s, s)`` or ``(n, 1, s, s)``."""
+    dims = tuple(range(1, x.dim()))
+    mean = x.mean(dim=dims, keepdim=True)
+    std = x.std(dim=dims, keepdim=True)
+    return (x - mean) / (std + 1e-6)
+
+
+def crop_windows(prepared: torch.Tensor, centres: torch.Tensor, size: int) -> torch.Tensor:
+    """Cut ``size x size`` windows centred on ``centres`` from a prepared image.
+
+    prepared: ``(h, w)``; centres: ``(n, 2)`` (x, y) in prepared-image pixels.
+    Windows that cross the border are filled by reflection. Returns
+    ``(n, 1, size, size)`` normalised per region.
+    """
+    half = size // 2
+    padded = F.pad(prepared[None, None], (half + 1, half + 1, half + 1, half + 1),
+                   mode="reflect")[0, 0]
+    corner = torch.round(centres - size / 2.0).long() + half + 1
+    offs = torch.arange(size, device=prepared.device)
+    rows = (corner[:, 1, None] + offs).clamp(0, padded.shape[0] - 1)
+    cols = (corner[:, 0, None] + offs).clamp(0, padded.shape[1] - 1)
+    windows = padded[rows[:, :, None], cols[:, None, :]]
+    return normalize_regions(windows)[:, None]
+
+
+def check_inside(centres: np.ndarray, shape: tuple, box: float, source: str) -> np.ndarray:
+    """Refuse coordinates outside the image; report those whose box crosses the border.
+
+    centres: ``(n, 2)`` (x, y) px; shape: ``(h, w)``. Returns a boolean array
+    of the ones whose box is not whole (they are padded by reflection).
+    """
+    h, w = shape
+    outside = (centres[:, 0] < 0) | (centres[:, 0] >= w) | (centres[:, 1] < 0) | \
+        (centres[:, 1] >= h)
+    if outside.any():
+        x, y = centres[np.argmax(outside)]
+        raise InputError(f"{source}: {int(outside.sum())} coordinate(s) lie outside the "
+                         f"{w} x {h} px micrograph (first at x={x:.0f}, y={y:.0f}).")
+    half = box / 2.0
+    partial = (centres[:, 0] < half) | (centres[:, 0] > w - half) | (centres[:, 1] < half) | \
+        (centres[:, 1] > h - half)
+    if partial.any():
+        log.warning("%s: %d coordinate(s) closer than half a box (%.0f px) to the border; "
+                    "their boxes are padded by reflection.", source, int(partial.sum()), half)
+    return partial
+
+
+def random_centres(shape: tuple, n: int, rng: np.random.Generator, margin: float = 0.0,
+                   avoid: Optional[np.ndarray] = None, avoid_radius: float = 0.0) -> np.ndarray:
+    """``n`` random centres (x, y) in an image ``(h, w)``, ``margin`` px from the edges,
+    optionally farther than ``avoid_radius`` from every point of ``avoid`` ``(k, 2)``."""
+    h, w = shape
+    lo = np.array([margin, margin])
+    hi = np.array([max(w - margin, margin + 1), max(h - margin, margin + 1)])
+    if avoid is None or len(avoid) == 0 or avoid_radius <= 0:
+        return rng.uniform(lo, hi, size=(n, 2))
+    out = np.empty((0, 2))
+    for _ in range(50):
+        cand = rng.uniform(lo, hi, size=(2 * n, 2))
+        d = np.min(np.linalg.norm(cand[:, None] - avoid[None], axis=-1), axis=1)
+        out = np.vstack([out, cand[d > avoid_radius]])
+        if len(out) >= n:
+            break
+    return out[:n]
+
+
+def rotations90(x: torch.Tensor) -> torch.Tensor:
+    """Regions and their 90/180/270 degree rotations: ``(n, 1, s, s)`` -> ``(4n, 1, s, s)``."""
+    return torch.cat([torch.rot90(x, k, dims=(-2, -1)) for k in range(4)], dim=0)

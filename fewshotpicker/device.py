@@ -1,0 +1,39 @@
+"""Devices: an explicit choice, with 'auto' taking CUDA when present."""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+
+from .errors import InputError
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` -> ``cuda`` if available else ``cpu``; ``cuda``/``cuda:N`` must exist."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") or spec.isdigit():
+        if not torch.cuda.is_available():
+            raise InputError(f"Device {spec!r} was asked for, but no CUDA GPU is available "
+                             f"here (use --device cpu).")
+        index = int(spec.split(":")[1]) if ":" in spec else (int(spec) if spec.isdigit() else 0)
+        if index >= torch.cuda.device_count():
+            raise InputError(f"Device {spec!r} does not exist: this machine has "
+                             f"{torch.cuda.device_count()} GPU(s).")
+        return torch.device(f"cuda:{index}")
+    if spec == "cpu":
+        return torch.device("cpu")
+    raise InputError(f"Unknown device {spec!r} (use auto, cpu, cuda or cuda:N).")
+
+
+def resolve_devices(spec: str) -> List[torch.device]:
+    """A comma-separated list (``0,1`` or ``cuda:0,cuda:1``) -> devices, for sharding."""
+    return [resolve_device(part) for part in spec.split(",") if part.strip()] or \
+        [resolve_device("auto")]
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA, nothing on the CPU."""
+    enabled = device.type == "cuda"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)

@@ -1,0 +1,155 @@
+"""Training machinery: schedule, regions, checkpoints (weights_only), exact resume."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fewshotpicker.data.regions import (Preprocess, check_inside, crop_windows,
+                                        prepare_micrograph, random_centres, rotations90)
+from fewshotpicker.errors import InputError
+from fewshotpicker.io.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
+from fewshotpicker.losses import masked_mse
+from fewshotpicker.models.mae import build_mae
+from fewshotpicker.training.common import load_mae, model_payload
+from fewshotpicker.training.loop import LoopSettings, learning_rate, step_generator, train
+
+TEST = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+            decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+
+
+def test_learning_rate_warmup_then_cosine():
+    s = LoopSettings(steps=110, lr=1.0, min_lr=0.0, warmup_steps=10, weight_decay=0.0,
+                     checkpoint_every=10)
+    assert learning_rate(0, s) == pytest.approx(0.1)
+    assert learning_rate(9, s) == pytest.approx(1.0)
+    assert learning_rate(60, s) == pytest.approx(0.5)
+    assert learning_rate(109, s) == pytest.approx(0.5 * (1 + np.cos(np.pi * 0.99)))
+
+
+def test_crop_windows_are_centred_on_the_coordinate():
+    img = torch.zeros(100, 120)
+    img[30, 70] = 10.0  # y = 30, x = 70
+    win = crop_windows(img, torch.tensor([[70.0, 30.0]]), 16)
+    assert win.shape == (1, 1, 16, 16)
+    y, x = np.unravel_index(int(torch.argmax(win)), (16, 16))
+    assert (x, y) == (8, 8)
+    assert win.mean().abs() < 1e-5 and abs(win.std().item() - 1) < 1e-3
+
+
+def test_crop_windows_at_the_border_are_padded_not_shifted():
+    img = torch.zeros(50, 50)
+    img[2, 3] = 5.0
+    win = crop_windows(img, torch.tensor([[3.0, 2.0]]), 16)
+    # reflection may repeat the spike, but the window's centre is the coordinate itself
+    assert win[0, 0, 8, 8] == win.max()
+    assert win[0, 0, 8, 7] < win.max() and win[0, 0, 7, 8] < win.max()
+
+
+def test_prepare_rescales_so_a_box_becomes_the_input_size():
+    pre = Preprocess(box=40, img_size=64, highpass=0)
+    out = prepare_micrograph(np.random.default_rng(0).normal(size=(200, 300)), pre)
+    assert tuple(out.shape) == (320, 480)
+    assert abs(float(out.median())) < 1e-4
+
+
+def test_rotations_give_four_views():
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    r = rotations90(x)
+    assert r.shape == (4, 1, 4, 4) and torch.equal(r[2], x[0].flip(-1).flip(-2))
+    assert torch.equal(r[1, 0, 0], x[0, 0, :, -1])  # 90 degrees: last column on top
+
+
+def test_check_inside_refuses_outside_and_flags_partial():
+    with pytest.raises(InputError, match=r"ex\.star: 1 coordinate\(s\) lie outside the "
+                                         r"120 x 100 px micrograph"):
+        check_inside(np.array([[10.0, 10.0], [130.0, 50.0]]), (100, 120), 20, "ex.star")
+    partial = check_inside(np.array([[5.0, 50.0], [60.0, 50.0]]), (100, 120), 20, "ex.star")
+    assert partial.tolist() == [True, False]
+
+
+def test_random_centres_avoid_points():
+    rng = np.random.default_rng(0)
+    avoid = np.array([[50.0, 50.0]])
+    pts = random_centres((100, 100), 200, rng, margin=5, avoid=avoid, avoid_radius=20)
+    assert len(pts) == 200
+    assert np.min(np.linalg.norm(pts - avoid, axis=1)) > 20
+    assert pts.min() >= 5 and pts.max() <= 95
+
+
+def test_model_checkpoint_round_trip_with_weights_only(tmp_path):
+    torch.manual_seed(0)
+    model = build_mae("tiny", **TEST)
+    pre = Preprocess(box=30, img_size=32)
+    save_checkpoint(tmp_path / "model.pt", model_payload(model, "finetuned", pre, {"seed": 1},
+                                                        bank=torch.ones(4, 32)))
+    raw = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert raw["kind"] == "finetuned" and raw["version"]
+    again, payload = load_mae(tmp_path, torch.device("cpu"))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k])
+    assert payload["preprocess"]["box"] == 30 and payload["bank"].shape == (4, 32)
+
+
+def test_checkpoint_errors_name_the_file(tmp_path):
+    with pytest.raises(InputError, match=r"nothing\.pt: checkpoint not found"):
+        load_checkpoint(tmp_path / "nothing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file at all")
+    with pytest.raises(InputError, match=r"junk\.pt: not a readable fewshotpicker checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"weights": torch.ones(2)}, tmp_path / "other.pt")
+    with pytest.raises(InputError, match=r"other\.pt: is a torch file but not a fewshotpicker"):
+        load_checkpoint(tmp_path / "other.pt")
+    save_checkpoint(tmp_path / "resume.pt", {"kind": "resume", "state_dict": {}})
+    with pytest.raises(InputError, match=r"holds a 'resume' checkpoint, but 'finetuned'"):
+        load_checkpoint(tmp_path / "resume.pt", kinds=["finetuned"])
+
+
+def test_checkpoint_from_another_model_is_refused(tmp_path):
+    small = build_mae("tiny", **TEST)
+    wider = build_mae("tiny", **{**TEST, "embed_dim": 64})
+    with pytest.raises(InputError, match=r"m\.pt: the checkpoint is from another model than "
+                                         r"the test model \(shape of"):
+        load_state_strict(wider, small.state_dict(), tmp_path / "m.pt", "the test model")
+
+
+def _toy_run(out_dir, steps, stop_after=None):
+    """Train the test model on a fixed batch; optionally 'crash' after some steps."""
+    torch.manual_seed(0)
+    model = build_mae("tiny", **TEST)
+    data = torch.randn(6, 1, 32, 32, generator=torch.Generator().manual_seed(3))
+    settings = LoopSettings(steps=steps, lr=1e-3, min_lr=1e-5, warmup_steps=2,
+                            weight_decay=0.05, checkpoint_every=2)
+
+    def step_fn(step):
+        if stop_after is not None and step == stop_after:
+            raise KeyboardInterrupt  # killed between steps
+        pred, mask, _ = model(data, 0.75, step_generator(7, step, torch.device("cpu")))
+        return masked_mse(pred, model.target(data), mask), {"mse": 0.0}
+
+    train(model, step_fn, settings, out_dir, {"seed": 7, "steps": steps})
+    return model
+
+
+def test_interrupted_training_resumes_bit_for_bit(tmp_path):
+    straight = _toy_run(tmp_path / "a", 8)
+    with pytest.raises(KeyboardInterrupt):
+        _toy_run(tmp_path / "b", 8, stop_after=5)  # last checkpoint after step 4
+    state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 4 and len(state["history"]) == 4
+    resumed = _toy_run(tmp_path / "b", 8)
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    history = json.loads((tmp_path / "b" / "losses.json").read_text())
+    assert [h["step"] for h in history] == list(range(8))
+    assert (tmp_path / "b" / "losses.png").exists()
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    _toy_run(tmp_path, 4)
+    torch.manual_seed(0)
+    model = build_mae("tiny", **TEST)
+    settings = LoopSettings(4, 1e-3, 1e-5, 2, 0.0, 2)
+    with pytest.raises(InputError, match=r"belongs to a run with other settings \(seed"):
+        train(model, lambda s: (torch.zeros((), requires_grad=True), {}), settings, tmp_path,
+              {"seed": 8, "steps": 4})

@@ -1,0 +1,64 @@
+"""MAE pretraining on random regions of unlabeled micrographs (stage 1 of CryoMAE)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import numpy as np
+import torch
+
+from ..config import PretrainConfig, to_dict
+from ..data.regions import Preprocess
+from ..device import autocast, resolve_device
+from ..io.checkpoint import MODEL_FILE, save_checkpoint
+from ..losses import masked_mse
+from ..models.mae import build_mae
+from .common import augment, epoch_batches, loop_settings, model_payload, region_bank
+from .loop import step_generator, train
+
+log = logging.getLogger("fewshotpicker")
+
+
+def pretrain_step_fn(model, bank: torch.Tensor, cfg: PretrainConfig, device: torch.device,
+                     forward: Callable) -> Callable:
+    """``step -> (loss, metrics)``: one batch of the epoch's permutation, augmented, masked."""
+    per_epoch = epoch_batches(len(bank), cfg.batch_size)
+
+    def step_fn(step: int):
+        epoch, i = divmod(step, per_epoch)
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(bank))
+        idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+        x = augment(bank[torch.as_tensor(idx)].to(device), np.random.default_rng([cfg.seed,
+                                                                                 step, 1]))
+        with autocast(device):
+            pred, mask, _ = forward(x, cfg.mask_ratio, step_generator(cfg.seed, step, device))
+            loss = masked_mse(pred, model.target(x), mask)
+        return loss, {}
+
+    return step_fn
+
+
+def pretrain(cfg: PretrainConfig, micrographs: List[Path], out_dir: Path,
+             progress: Optional[Callable] = None) -> dict:
+    """Pretrain an MAE; writes ``model.pt``, ``checkpoint.pt``, ``losses.json/png``."""
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = build_mae(cfg.model).to(device)
+    pre = Preprocess(box=cfg.box or model.cfg.img_size, img_size=model.cfg.img_size,
+                     highpass=cfg.highpass)
+    log.info("pretraining a %s MAE on %d micrographs (%d regions each, box %.0f px -> %d px) "
+             "on %s", cfg.model, len(micrographs), cfg.regions_per_micrograph, pre.box,
+             pre.img_size, device)
+    bank = region_bank(micrographs, pre, cfg.regions_per_micrograph, cfg.seed, device,
+                       (lambda it: progress(it, desc="regions")) if progress else None)
+    bank = bank.to(device)
+    forward = torch.compile(model) if cfg.compile else model
+    steps = cfg.epochs * epoch_batches(len(bank), cfg.batch_size)
+    history = train(model, pretrain_step_fn(model, bank, cfg, device, forward),
+                    loop_settings(cfg, steps), out_dir, to_dict(cfg), "MAE pretraining",
+                    (lambda it, total: progress(it, desc="pretrain", total=total))
+                    if progress else None)
+    save_checkpoint(out_dir / MODEL_FILE, model_payload(model, "pretrained", pre, to_dict(cfg)))
+    return {"steps": steps, "regions": int(len(bank)), "final_loss": history[-1]["loss"],
+            "device": str(device)}
