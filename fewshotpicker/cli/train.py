@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, help="optimisation steps (default 300)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 1e-4)")
     p.add_argument("--beta", type=float, help="weight of the SCS loss (default 5)")
-    p.add_argument("--alpha", type=float, help="cross/self balance in SCS (default 0.7)")
+    p.add_argument("--alpha", type=float, help="cross/self balance in SCS (default 0.5; the paper 0.7)")
     p.add_argument("--tau", type=float, help="floor of the SCS loss (default 0.02)")
     p.add_argument("--prior", type=float, help="PU class prior pi (default 0.018; 0 = plain)")
     p.add_argument("--mask-ratio", type=float, help="fraction of patches hidden (default 0.75)")

@@ -26,7 +26,8 @@ class Preprocess:
     """How micrographs are prepared. ``box`` in micrograph px, ``img_size`` in model px."""
     box: float
     img_size: int
-    highpass: float = 4.0  # background blur, in boxes; 0 = none
+    highpass: float = 4.0   # background blur, in boxes; 0 = none
+    lowpass: float = 0.03   # denoising blur sigma, in boxes; 0 = none
 
     @property
     def scale(self) -> float:
@@ -50,15 +51,19 @@ def prepare_micrograph(image: np.ndarray | torch.Tensor, pre: Preprocess,
                        device: str | torch.device = "cpu") -> torch.Tensor:
     """Rescale, flatten and normalise a micrograph: ``(h, w)`` -> ``(h', w')`` float32.
 
-    ``h' = round(h * scale)``. Downscaling is anti-aliased. The background
-    (a Gaussian blur of ``highpass`` boxes) is subtracted, then the image is
-    divided by its robust standard deviation.
+    ``h' = round(h * scale)``. Downscaling is anti-aliased. A Gaussian blur
+    of ``lowpass`` boxes removes the shot noise finer than the particle's
+    features (it makes masked patches predictable, which MAE training needs),
+    the background (a blur of ``highpass`` boxes) is subtracted, and the image
+    is divided by its robust standard deviation.
     """
     img = torch.as_tensor(np.asarray(image, dtype=np.float32), device=device)
     h, w = img.shape
     size = (max(1, round(h * pre.scale)), max(1, round(w * pre.scale)))
     img = F.interpolate(img[None, None], size=size, mode="bilinear", align_corners=False,
                         antialias=pre.scale < 1)[0, 0]
+    if pre.lowpass > 0:
+        img = _gaussian_blur(img, pre.lowpass * pre.img_size)
     if pre.highpass > 0:
         img = img - _gaussian_blur(img, pre.highpass * pre.img_size / 2.0)
     med = img.median()
@@ -136,3 +141,32 @@ def random_centres(shape: tuple, n: int, rng: np.random.Generator, margin: float
 def rotations90(x: torch.Tensor) -> torch.Tensor:
     """Regions and their 90/180/270 degree rotations: ``(n, 1, s, s)`` -> ``(4n, 1, s, s)``."""
     return torch.cat([torch.rot90(x, k, dims=(-2, -1)) for k in range(4)], dim=0)
+
+
+def random_views(big: torch.Tensor, size: int, rng: np.random.Generator,
+                 max_shift: int = 0, flips: bool = True) -> torch.Tensor:
+    """Random exact views of larger windows: integer shift, 90-degree turn, flip.
+
+    big: ``(n, 1, S, S)`` windows centred on the particles (S >= size + 2 max_shift);
+    returns ``(n, 1, size, size)`` normalised per region. Only exact pixel
+    operations are used: resampling (an arbitrary-angle rotation, a sub-pixel
+    shift) smooths the noise, and a network soon learns to call anything
+    smoothed a particle.
+    """
+    n, big_size = big.shape[0], big.shape[-1]
+    start = (big_size - size) // 2
+    shifts = rng.integers(-max_shift, max_shift + 1, (n, 2))
+    turns = rng.integers(0, 4, n)
+    mirror = rng.integers(0, 2, n) if flips else np.zeros(n, dtype=int)
+    views = []
+    for i in range(n):
+        x0, y0 = start + shifts[i, 0], start + shifts[i, 1]
+        v = big[i, :, y0:y0 + size, x0:x0 + size]
+        v = torch.rot90(v, int(turns[i]), dims=(-2, -1))
+        views.append(v.flip(-1) if mirror[i] else v)
+    return normalize_regions(torch.stack(views))
+
+
+def view_window_size(size: int, max_shift: int = 4) -> int:
+    """Side of the windows that :func:`random_views` needs for ``size`` outputs."""
+    return size + 2 * max_shift

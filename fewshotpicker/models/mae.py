@@ -39,9 +39,12 @@ MODEL_SIZES = {
     # a quarter of the compute of base per token, same input
     "small": MAEConfig(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6,
                        decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=8),
-    # for CPUs and tests
+    # for CPUs: the main job and quick runs
     "tiny": MAEConfig(img_size=64, patch_size=8, embed_dim=128, depth=4, num_heads=4,
                       decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4),
+    # for unit and integration tests: seconds on two CPU cores
+    "micro": MAEConfig(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4,
+                       decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4),
 }
 
 

@@ -98,12 +98,18 @@ def test_bad_input_gives_one_sentence_and_exit_2(tmp_path, capsys):
 
 
 def test_demo_main_job_writes_picks_report_and_scores(tmp_path, capsys):
-    code, out, _ = run(capsys, "demo", "--out", str(tmp_path), "--n", "1", "--size", "256")
+    code, out, _ = run(capsys, "demo", "--out", str(tmp_path), "--n", "2", "--size", "256",
+                       "--pretrain-epochs", "1", "--train-steps", "3", "--device", "cpu")
     assert code == 0
-    assert "cryomae" in out and "DoG baseline" in out
-    report = (tmp_path / "report.md").read_text()
-    assert "F1 at IoU 0.5" in report
+    assert "| fewshot |" in out and "| dog |" in out
+    assert "Scores on the 1 micrographs that gave no exemplars" in (tmp_path / "report.md"
+                                                                   ).read_text()
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert 0.0 <= summary["dog"]["f1"] <= 1.0
-    assert (tmp_path / "picks_dog" / "autopick.star").exists()
-    assert (tmp_path / "evaluation_dog" / "precision_recall.png").exists()
+    truth = starfile.read(tmp_path / "data" / "truth.star")
+    held_out = int((truth["rlnMicrographName"] == "micrographs/mic_001.mrc").sum())
+    for label in ("fewshot", "dog"):
+        assert summary[label]["tp"] + summary[label]["fn"] == held_out  # only mic_001 scored
+    for path in ("picks/autopick.star", "picks_dog/autopick.star", "train/model.pt",
+                 "pretrain/model.pt", "train/losses.png", "picks_example.png",
+                 "picks/thresholds/mic_001.png", "evaluation_fewshot/precision_recall.png"):
+        assert (tmp_path / path).exists(), path

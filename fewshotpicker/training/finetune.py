@@ -10,6 +10,7 @@ exemplar feature bank that picking compares windows against.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -19,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from ..config import TrainConfig, to_dict
-from ..data.regions import (Preprocess, check_inside, crop_windows, prepare_micrograph,
-                            random_centres, rotations90)
+from ..data.regions import (Preprocess, check_inside, crop_windows, normalize_regions,
+                            prepare_micrograph, random_centres, random_views, rotations90,
+                            view_window_size)
 from ..device import autocast, resolve_device
 from ..errors import InputError
 from ..io.checkpoint import MODEL_FILE, save_checkpoint
@@ -53,7 +55,8 @@ def build_model(cfg: TrainConfig, device: torch.device) -> MaskedAutoencoder:
 
 def collect_regions(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame,
                     pre: Preprocess, device: torch.device, source: str) -> tuple:
-    """Exemplar regions ``(m, 1, s, s)`` and an unlabeled pool ``(u, 1, s, s)``."""
+    """Exemplar windows ``(m, 1, S, S)`` (S = :func:`view_window_size`, for random
+    views) and an unlabeled pool ``(u, 1, s, s)``."""
     exemplars = match_micrographs(exemplars, [str(m) for m in micrographs], source)
     positives, pool = [], []
     per_mic = max(1, int(cfg.unlabeled_pool * len(exemplars) / len(micrographs)))
@@ -64,7 +67,8 @@ def collect_regions(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.Dat
         if len(mine):
             check_inside(mine, image.shape, cfg.box, source)
             centres = torch.as_tensor(mine * pre.scale, dtype=torch.float32, device=device)
-            positives.append(crop_windows(prepared, centres, pre.img_size))
+            positives.append(crop_windows(prepared, centres,
+                                          view_window_size(pre.img_size, cfg.max_shift)))
         rng = np.random.default_rng([cfg.seed, i, 7])
         free = random_centres(tuple(prepared.shape), per_mic, rng, margin=pre.img_size / 2,
                               avoid=mine * pre.scale, avoid_radius=pre.img_size / 2)
@@ -73,22 +77,45 @@ def collect_regions(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.Dat
     return torch.cat(positives), torch.cat(pool)
 
 
+def centre_crop(windows: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size x size`` part of ``(n, 1, S, S)`` windows, renormalised."""
+    start = (windows.shape[-1] - size) // 2
+    return normalize_regions(windows[..., start:start + size, start:start + size])
+
+
+def positive_views(windows: torch.Tensor, cfg: TrainConfig, size: int,
+                   rng: np.random.Generator) -> torch.Tensor:
+    """This step's exemplar regions: random views, or the fixed 0/90/180/270 set."""
+    if cfg.augment:
+        reps = 4 if cfg.rotations else 1
+        return random_views(windows.repeat(reps, 1, 1, 1), size, rng, cfg.max_shift)
+    fixed = centre_crop(windows, size)
+    return rotations90(fixed) if cfg.rotations else fixed
+
+
 def finetune_step_fn(model, positives: torch.Tensor, pool: torch.Tensor, cfg: TrainConfig,
                      device: torch.device, forward: Callable) -> Callable:
     """``step -> (loss, metrics)`` with loss = masked MSE + beta * SCS."""
-    n_unl = max(1, int(round(cfg.unlabeled_ratio * len(positives))))
+    size = model.cfg.img_size
+    n_pos = len(positives) * (4 if cfg.rotations else 1)
+    n_unl = max(1, int(round(cfg.unlabeled_ratio * n_pos)))
 
     def step_fn(step: int):
         rng = np.random.default_rng([cfg.seed, step, 2])
+        pos = positive_views(positives, cfg, size, rng)
         unl = pool[torch.as_tensor(rng.choice(len(pool), min(n_unl, len(pool)),
                                               replace=False), device=pool.device)]
-        x = torch.cat([positives, unl])
+        if cfg.augment:  # the same exact operations, so no view statistic marks positives
+            unl = random_views(unl, size, rng, 0)
+        x = torch.cat([pos, unl])
         with autocast(device):
             pred, mask, latent = forward(x, cfg.mask_ratio,
                                          step_generator(cfg.seed, step, device))
             mse = masked_mse(pred, model.target(x), mask)
             feats = model.embed(x) if cfg.scs_features == "unmasked" else model.pool(latent)
-            scs, s_self, s_cross = scs_loss(feats[:len(positives)], feats[len(positives):],
+            if cfg.centre_features:  # remove the component every region shares
+                feats = feats - feats[len(pos):].mean(dim=0).detach()
+            scs, s_self, s_cross = scs_loss(feats[:len(pos)], feats[len(pos):],
                                             cfg.alpha, cfg.tau, cfg.prior, cfg.uu_diagonal)
             loss = mse + cfg.beta * scs
         return loss, {"mse": float(mse.detach()), "scs": float(scs.detach()),
@@ -109,8 +136,12 @@ def embed_regions(model: MaskedAutoencoder, x: torch.Tensor, device: torch.devic
     return torch.cat(out)
 
 
-def separation(bank: torch.Tensor, background: torch.Tensor) -> Dict[str, float]:
-    """Mean cosine among exemplar features, to unlabeled ones, and the gap."""
+def separation(bank: torch.Tensor, background: torch.Tensor,
+               centre: torch.Tensor | None = None) -> Dict[str, float]:
+    """Mean cosine among exemplar features, to unlabeled ones, and the gap
+    (of centred features when a centre is given)."""
+    if centre is not None:
+        bank, background = bank - centre, background - centre
     a = F.normalize(bank, dim=-1)
     u = F.normalize(background, dim=-1)
     same = (a @ a.T)[~torch.eye(len(a), dtype=torch.bool)].mean().item()
@@ -128,13 +159,17 @@ def finetune(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame,
                          f"{MIN_EXEMPLARS} are needed (about 15 work best).")
     device = resolve_device(cfg.device)
     model = build_model(cfg, device)
-    pre = Preprocess(box=cfg.box, img_size=model.cfg.img_size, highpass=cfg.highpass)
+    if cfg.pooling:
+        if cfg.pooling not in ("mean", "cls"):
+            raise InputError(f"Pooling {cfg.pooling!r} is not 'mean' or 'cls'.")
+        model.cfg = replace(model.cfg, pooling=cfg.pooling)
+    pre = Preprocess(box=cfg.box, img_size=model.cfg.img_size, highpass=cfg.highpass, lowpass=cfg.lowpass)
     positives, pool = collect_regions(cfg, micrographs, exemplars, pre, device, source)
-    if cfg.rotations:
-        positives = rotations90(positives)
-    k = cfg.freeze_blocks if cfg.freeze_blocks >= 0 else model.cfg.depth // 2
+    # freezing only makes sense for pretrained blocks
+    k = cfg.freeze_blocks if cfg.freeze_blocks >= 0 else \
+        (model.cfg.depth // 2 if cfg.pretrained else 0)
     model.freeze_encoder_blocks(k)
-    log.info("fine-tuning on %d exemplar regions and a pool of %d unlabeled ones; first %d "
+    log.info("fine-tuning on %d exemplars and a pool of %d unlabeled regions; first %d "
              "of %d encoder blocks frozen; %s", len(positives), len(pool), k, model.cfg.depth,
              device)
     forward = torch.compile(model) if cfg.compile else model
@@ -143,9 +178,13 @@ def finetune(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame,
                     loop_settings(cfg, cfg.steps), out_dir, to_dict(cfg), "exemplar fine-tuning",
                     (lambda it, total: progress(it, desc="train", total=total))
                     if progress else None)
-    bank = embed_regions(model, positives, device)
-    stats = separation(bank, embed_regions(model, pool, device))
+    views = centre_crop(positives, model.cfg.img_size)
+    bank = embed_regions(model, rotations90(views) if cfg.rotations else views, device)
+    background = embed_regions(model, pool, device)
+    centre = background.mean(dim=0) if cfg.centre_features else torch.zeros(bank.shape[1])
+    stats = separation(bank, background, centre)
     save_checkpoint(out_dir / MODEL_FILE, model_payload(model, "finetuned", pre, to_dict(cfg),
-                                                        bank=bank, n_exemplars=len(exemplars)))
+                                                        bank=bank, centre=centre,
+                                                        n_exemplars=len(exemplars)))
     return {"steps": cfg.steps, "exemplars": int(len(exemplars)), "bank": int(len(bank)),
             "final_loss": history[-1]["loss"], "device": str(device), **stats}

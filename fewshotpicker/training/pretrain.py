@@ -46,7 +46,7 @@ def pretrain(cfg: PretrainConfig, micrographs: List[Path], out_dir: Path,
     torch.manual_seed(cfg.seed)
     model = build_mae(cfg.model).to(device)
     pre = Preprocess(box=cfg.box or model.cfg.img_size, img_size=model.cfg.img_size,
-                     highpass=cfg.highpass)
+                     highpass=cfg.highpass, lowpass=cfg.lowpass)
     log.info("pretraining a %s MAE on %d micrographs (%d regions each, box %.0f px -> %d px) "
              "on %s", cfg.model, len(micrographs), cfg.regions_per_micrograph, pre.box,
              pre.img_size, device)

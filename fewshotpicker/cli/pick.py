@@ -1,0 +1,68 @@
+"""``fewshotpicker pick``: score every sliding window against the exemplars and pick peaks.
+
+Writes RELION ``<micrograph>_autopick.star`` files with ``autopick.star``, one
+``thresholds/<micrograph>.json`` per micrograph (cutoff and score histogram;
+PNG too with ``--plots``) and ``summary.json``. A micrograph that fails is
+reported and the others still finish.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..config import PickConfig, write_run_record
+from ..errors import InputError
+from ..io.atomic import write_text_atomic
+from ..picking.run import apply_global_quantile, score_all, write_pick_outputs
+from .common import add_config_argument, build_config, expand_images, log, progress
+
+FLAGS = {"model": "model", "stride": "stride", "min_distance": "min_distance",
+         "threshold": "threshold", "k": "k", "quantile": "quantile",
+         "exclude_border": "exclude_border", "batch_size": "batch_size", "device": "device",
+         "plots": "plots"}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("pick", help="pick particles with a fine-tuned model", description=__doc__)
+    p.add_argument("--model", help="folder or model.pt of a 'train' run (required)")
+    p.add_argument("--micrographs", nargs="+", required=True, help="MRC files, globs or folders")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--stride", type=float, help="px between windows (default box / 5)")
+    p.add_argument("--min-distance", type=float, help="px between picks (default box / 2)")
+    p.add_argument("--threshold", help="auto (density cutoff per micrograph, default), "
+                                       "quantile (one global cut) or a score")
+    p.add_argument("--k", type=int, help="neighbours of the density cutoff (default 10)")
+    p.add_argument("--quantile", type=float, help="with --threshold quantile (default 0.9)")
+    p.add_argument("--exclude-border", type=float, help="px kept free at the edges")
+    p.add_argument("--batch-size", type=int, help="windows per batch (default 1024)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or a list such as 0,1")
+    p.add_argument("--plots", action="store_const", const=True,
+                   help="save a score histogram PNG per micrograph")
+    add_config_argument(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = build_config(PickConfig, args, FLAGS)
+    if not cfg.model:
+        raise InputError("A model is required (--model, the folder of a 'train' run).")
+    mics = expand_images(args.micrographs)
+    out = Path(args.out)
+    write_run_record(out, "pick", cfg)
+    results = score_all(cfg, mics, lambda it, total: progress(it, "pick", total))
+    good = [r for r in results.values() if not isinstance(r, str)]
+    if not good:
+        raise InputError(f"None of the {len(mics)} micrographs could be picked; the first "
+                         f"error was: {next(iter(results.values()))}")
+    if cfg.threshold == "quantile":
+        cut = apply_global_quantile(good, cfg.quantile)
+        log.info("global cutoff %.4f (quantile %.2f of all candidate scores)", cut, cfg.quantile)
+    summary = write_pick_outputs(results, cfg, out)
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    counts = [m["picks"] for m in summary["micrographs"].values()]
+    log.info("%d picks on %d micrographs (%.1f per micrograph)%s; index %s",
+             summary["n_picks"], len(counts), sum(counts) / max(1, len(counts)),
+             f", {len(summary['failed'])} failed" if summary["failed"] else "",
+             out / "autopick.star")
+    return 0

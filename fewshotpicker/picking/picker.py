@@ -1,0 +1,60 @@
+"""Pick one micrograph: score map -> peaks at least a radius apart -> cutoff."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import PickConfig
+from ..data.regions import Preprocess
+from .peaks import find_peaks
+from .scoring import ScoreMap, score_micrograph
+from .threshold import choose_cutoff
+
+
+@dataclass
+class Candidates:
+    """All peaks of one micrograph: positions ``(n, 2)`` (x, y) px, scores ``(n,)``."""
+    xy: np.ndarray
+    scores: np.ndarray
+    score_map: ScoreMap
+    cutoff: float = -np.inf
+
+    def kept(self) -> tuple:
+        """Positions and scores above the cutoff."""
+        keep = self.scores > self.cutoff
+        return self.xy[keep], self.scores[keep]
+
+
+def default_stride(box: float) -> float:
+    """A fifth of the box: the paper's 28 px for a box of about 150 px."""
+    return max(1.0, box / 5.0)
+
+
+def find_candidates(score_map: ScoreMap, shape: tuple, box: float, cfg: PickConfig) -> Candidates:
+    """Peaks of a score map in micrograph pixels, sub-stride refined.
+
+    shape: ``(h, w)`` of the micrograph; peaks closer than ``exclude_border``
+    to an edge are dropped.
+    """
+    min_dist = cfg.min_distance or box / 2.0
+    stride = score_map.stride_px
+    ij, scores = find_peaks(score_map.scores, min_distance=max(1.0, min_dist / stride),
+                            refine=True)
+    xy = score_map.grid_to_micrograph(ij)
+    h, w = shape
+    margin = cfg.exclude_border
+    inside = (xy[:, 0] >= margin) & (xy[:, 0] <= w - 1 - margin) & \
+        (xy[:, 1] >= margin) & (xy[:, 1] <= h - 1 - margin)
+    return Candidates(xy[inside], scores[inside], score_map)
+
+
+def pick_micrograph(model, bank, image: np.ndarray, pre: Preprocess, cfg: PickConfig,
+                    device, batch: int) -> Candidates:
+    """Score, find peaks and apply the per-micrograph cutoff (global rules come later)."""
+    stride = cfg.stride or default_stride(pre.box)
+    score_map = score_micrograph(model, bank, image, pre, stride, device, batch)
+    cands = find_candidates(score_map, image.shape, pre.box, cfg)
+    if cfg.threshold != "quantile":
+        cands.cutoff = choose_cutoff(cands.scores, cfg.threshold, cfg.k)
+    return cands

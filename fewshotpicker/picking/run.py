@@ -1,0 +1,126 @@
+"""Pick many micrographs: shard across devices, survive out-of-memory and bad files.
+
+Each device gets a share of the micrographs and its own copy of the model
+(threads: the heavy work runs in torch, outside the GIL). On CUDA out of
+memory the batch is halved and the micrograph retried; a micrograph that
+cannot be read or picked is reported and the others still finish.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..config import PickConfig
+from ..data.regions import Preprocess
+from ..device import resolve_devices
+from ..errors import InputError
+from ..io.atomic import write_text_atomic
+from ..io.coordinates import empty_coordinates, make_coordinates, micrograph_key, write_autopick
+from ..io.mrc import read_image
+from ..training.common import load_mae
+from .picker import Candidates, pick_micrograph
+from .plots import plot_score_histogram
+from .scoring import Bank
+
+log = logging.getLogger("fewshotpicker")
+
+
+def pick_with_retry(model, bank, image, pre, cfg: PickConfig, device, batch: int) -> tuple:
+    """Pick one micrograph, halving the batch on CUDA out-of-memory; returns (cands, batch)."""
+    while True:
+        try:
+            return pick_micrograph(model, bank, image, pre, cfg, device, batch), batch
+        except torch.cuda.OutOfMemoryError:
+            if batch <= 1:
+                raise
+            batch //= 2
+            torch.cuda.empty_cache()
+            log.warning("out of GPU memory on %s: batch reduced to %d windows", device, batch)
+
+
+def _worker(model_path: str, device: torch.device, paths: List[Path], cfg: PickConfig,
+            results: Dict[str, object], tick: Callable) -> None:
+    model, payload = load_mae(model_path, device, kinds=["finetuned"])
+    pre = Preprocess(**payload["preprocess"])
+    bank = Bank.from_payload(payload, device)
+    batch = cfg.batch_size
+    for path in paths:
+        try:
+            image = read_image(path).data
+            results[str(path)], batch = pick_with_retry(model, bank, image, pre, cfg, device,
+                                                        batch)
+        except (InputError, RuntimeError, ValueError) as exc:
+            results[str(path)] = f"{exc}"
+            log.error("%s: not picked (%s)", path, exc)
+        tick()
+
+
+def score_all(cfg: PickConfig, micrographs: List[Path],
+              progress: Optional[Callable] = None) -> Dict[str, object]:
+    """Candidates (or an error message) for every micrograph, keyed by path string."""
+    devices = resolve_devices(cfg.device)
+    bar = progress(range(len(micrographs)), total=len(micrographs)) if progress else None
+    lock = threading.Lock()
+
+    def tick():
+        if bar is not None:
+            with lock:
+                bar.update(1)
+
+    results: Dict[str, object] = {}
+    shards = [micrographs[i::len(devices)] for i in range(len(devices))]
+    with ThreadPoolExecutor(max_workers=len(devices)) as pool:
+        futures = [pool.submit(_worker, cfg.model, dev, shard, cfg, results, tick)
+                   for dev, shard in zip(devices, shards) if shard]
+        for f in futures:
+            f.result()
+    if bar is not None:
+        bar.close()
+    return results
+
+
+def apply_global_quantile(cands: List[Candidates], quantile: float) -> float:
+    """One cutoff for all micrographs: a quantile of every candidate score."""
+    scores = np.concatenate([c.scores for c in cands]) if cands else np.empty(0)
+    cut = float(np.quantile(scores, quantile)) if len(scores) else np.inf
+    for c in cands:
+        c.cutoff = cut
+    return cut
+
+
+def _histogram(c: Candidates) -> dict:
+    counts, edges = np.histogram(c.scores, bins=40) if len(c.scores) else ([], [])
+    return {"counts": np.asarray(counts).tolist(), "edges": np.asarray(edges).tolist()}
+
+
+def write_pick_outputs(results: Dict[str, object], cfg: PickConfig, out_dir: Path) -> dict:
+    """STAR files, per-micrograph threshold JSON (and PNG), and the summary dict."""
+    frames, summary, failed = [], {}, {}
+    for name, res in results.items():
+        if isinstance(res, str):
+            failed[name] = res
+            continue
+        xy, scores = res.kept()
+        frames.append(make_coordinates(name, xy, scores))
+        key = micrograph_key(name)
+        record = {"micrograph": name, "cutoff": res.cutoff, "candidates": int(len(res.scores)),
+                  "picks": int(len(scores)), "stride_px": res.score_map.stride_px,
+                  "histogram": _histogram(res)}
+        write_text_atomic(out_dir / "thresholds" / f"{key}.json", json.dumps(record) + "\n")
+        if cfg.plots:
+            plot_score_histogram(res.scores, res.cutoff, out_dir / "thresholds" / f"{key}.png",
+                                 key)
+        summary[name] = {"picks": record["picks"], "cutoff": res.cutoff}
+    frames = [f for f in frames if len(f)]
+    picks = pd.concat(frames, ignore_index=True) if frames else empty_coordinates()
+    done = [n for n in results if n not in failed]
+    write_autopick(picks, out_dir, done)
+    return {"micrographs": summary, "failed": failed, "n_picks": int(len(picks))}

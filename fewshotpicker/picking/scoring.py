@@ -1,0 +1,109 @@
+"""Dense score maps: max cosine similarity of every sliding window to the exemplar bank.
+
+The micrograph is prepared as in training (rescaled so a box becomes the
+model input ``s``), all ``s x s`` windows at a stride are taken as tensor views
+(``unfold``, no Python loop over windows), normalised per window, embedded by
+the encoder in large batches (bf16 on GPU) and compared with the bank.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.regions import Preprocess, normalize_regions, prepare_micrograph
+from ..device import autocast
+
+log = logging.getLogger("fewshotpicker")
+
+
+@dataclass
+class ScoreMap:
+    """Scores on a grid of window centres.
+
+    ``scores``: ``(gy, gx)``; window ``(i, j)`` is centred at micrograph pixel
+    ``x = (offset + j * step) / scale``, ``y = (offset + i * step) / scale``,
+    with ``step`` and ``offset`` in prepared-image pixels.
+    """
+    scores: np.ndarray
+    step: int
+    offset: float
+    scale: float
+
+    def grid_to_micrograph(self, ij: np.ndarray) -> np.ndarray:
+        """Grid positions ``(n, 2)`` as (x=j, y=i), possibly fractional -> micrograph px."""
+        return (self.offset + np.asarray(ij, dtype=float) * self.step) / self.scale
+
+    @property
+    def stride_px(self) -> float:
+        """Distance between neighbouring windows in micrograph pixels."""
+        return self.step / self.scale
+
+
+def window_grid(prepared: torch.Tensor, size: int, step: int) -> torch.Tensor:
+    """All windows as a view: ``(h, w)`` -> ``(gy, gx, size, size)`` (no copy)."""
+    return prepared.unfold(0, size, step).unfold(1, size, step)
+
+
+@dataclass
+class Bank:
+    """Exemplar features ready for scoring: unit-norm centred ``(d, k)`` and the centre ``(d,)``.
+
+    Features are compared after subtracting ``centre`` (the mean background
+    feature stored by training; zero for a model trained without centring).
+    """
+    matrix: torch.Tensor
+    centre: torch.Tensor
+
+    @classmethod
+    def from_payload(cls, payload: dict, device: torch.device) -> "Bank":
+        bank = payload["bank"].float()
+        centre = payload.get("centre")
+        centre = torch.zeros(bank.shape[1]) if centre is None else centre.float()
+        matrix = F.normalize(bank - centre, dim=-1).T.contiguous()
+        return cls(matrix.to(device), centre.to(device))
+
+
+@torch.no_grad()
+def score_windows(model, windows: torch.Tensor, bank: Bank) -> torch.Tensor:
+    """Max cosine to the bank for windows ``(n, s, s)``: returns ``(n,)`` float32."""
+    device = bank.matrix.device
+    with autocast(device):
+        feats = model.embed(normalize_regions(windows.float())[:, None])
+    return (F.normalize(feats.float() - bank.centre, dim=-1) @ bank.matrix).max(dim=1).values
+
+
+@torch.no_grad()
+def score_grid(model, grid: torch.Tensor, bank: Bank, batch: int) -> torch.Tensor:
+    """Scores ``(gy, gx)`` of a window grid view ``(gy, gx, s, s)``.
+
+    Rows of windows are copied out of the view a batch at a time, so memory
+    stays bounded by ``batch`` windows whatever the micrograph size.
+    """
+    gy, gx, s = grid.shape[0], grid.shape[1], grid.shape[-1]
+    rows = max(1, batch // gx)
+    out = torch.empty(gy, gx, dtype=torch.float32, device=bank.matrix.device)
+    for i in range(0, gy, rows):
+        chunk = grid[i:i + rows].reshape(-1, s, s)
+        out[i:i + rows] = score_windows(model, chunk, bank).reshape(-1, gx)
+    return out
+
+
+@torch.no_grad()
+def score_micrograph(model, bank: Bank, image: np.ndarray, pre: Preprocess,
+                     stride_px: float, device: torch.device, batch: int = 1024) -> ScoreMap:
+    """Score map of one micrograph ``(h, w)``.
+
+    stride_px: distance between windows in micrograph pixels (rounded to whole
+    prepared-image pixels, at least 1).
+    """
+    model.eval()
+    prepared = prepare_micrograph(image, pre, device)
+    size = pre.img_size
+    step = max(1, int(round(stride_px * pre.scale)))
+    scores = score_grid(model, window_grid(prepared, size, step), bank, batch)
+    # same centre convention as crop_windows: a window starts at centre - size / 2
+    return ScoreMap(scores.cpu().numpy(), step, size / 2.0, pre.scale)

@@ -1,0 +1,131 @@
+"""Fine-tuning on simulated data (micro model, CPU, seconds): outputs and what features learn.
+
+The data are easy (SNR 1) because what is tested is the mechanism; how well the
+method does at realistic SNR is measured by the benchmarks, not asserted here.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fewshotpicker.cli.main import main
+from fewshotpicker.config import MicrographSimConfig, PretrainConfig, TrainConfig
+from fewshotpicker.benchmarks.features import Dataset, auroc, model_auroc
+from fewshotpicker.data.synthetic import simulate_dataset
+from fewshotpicker.errors import InputError
+from fewshotpicker.io.coordinates import make_coordinates, read_coordinates
+from fewshotpicker.training.finetune import finetune
+from fewshotpicker.training.pretrain import pretrain
+
+STEPS = 80
+
+
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory):
+    """Three crowded micrographs (unlabeled crops often contain particles) and a micro
+    MAE pretrained on them."""
+    out = tmp_path_factory.mktemp("crowded")
+    cfg = MicrographSimConfig(n_micrographs=3, shape=(320, 320), crowding=0.35, snr=1.0,
+                              ice_crystals=0.5, aggregates=0.5, carbon_edge=0.0, seed=11)
+    meta = simulate_dataset(cfg, out)
+    mics = sorted((out / "micrographs").glob("*.mrc"))
+    pretrain(PretrainConfig(model="micro", box=float(meta["box_px"]), regions_per_micrograph=128,
+                            epochs=20, batch_size=64, lr=1e-3, device="cpu"), mics, out / "pre")
+    return out, meta, mics
+
+
+def _train(crowded, tmp_path, **kw):
+    out, meta, mics = crowded
+    cfg = TrainConfig(box=float(meta["box_px"]), pretrained=str(out / "pre"), steps=STEPS,
+                      lr=3e-4, device="cpu", checkpoint_every=40, seed=1, **kw)
+    summary = finetune(cfg, mics[:2], read_coordinates(out / "exemplars.star"), tmp_path)
+    return summary
+
+
+def held_out_auroc(model_dir, crowded) -> tuple:
+    """AUROC and mean gap of max-cosine scores: particle crops vs background crops on the
+    micrograph that training never saw."""
+    out, meta, mics = crowded
+    ds = Dataset("crowded", mics[:2], mics[2:], read_coordinates(out / "truth.star"),
+                 read_coordinates(out / "exemplars.star"), float(meta["box_px"]))
+    result = model_auroc(model_dir, ds)
+    return result["auroc"], result["particle_score"] - result["background_score"]
+
+
+@pytest.fixture(scope="module")
+def trained(crowded, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("ft")
+    return out_dir, _train(crowded, out_dir)
+
+
+def test_auroc_hand_values():
+    assert auroc(np.array([3.0, 4.0]), np.array([1.0, 2.0])) == 1.0
+    assert auroc(np.array([1.0]), np.array([2.0])) == 0.0
+    assert auroc(np.array([1.0, 3.0]), np.array([2.0, 2.0])) == 0.5
+    assert auroc(np.array([2.0]), np.array([2.0])) == 0.5  # ties count half
+
+
+def test_finetune_writes_model_bank_curves(trained):
+    out_dir, summary = trained
+    payload = torch.load(out_dir / "model.pt", weights_only=True)
+    assert payload["kind"] == "finetuned"
+    assert payload["bank"].shape == (4 * summary["exemplars"], 64)  # 4 rotations, micro width
+    history = json.loads((out_dir / "losses.json").read_text())
+    assert len(history) == STEPS and {"mse", "scs", "s_self", "s_cross"} <= set(history[0])
+    assert (out_dir / "losses.png").stat().st_size > 10000
+    assert np.mean([h["scs"] for h in history[-10:]]) < np.mean([h["scs"] for h in history[:10]])
+
+
+def test_exemplar_features_stand_apart_from_background_on_unseen_micrograph(trained, crowded):
+    out_dir, summary = trained
+    assert summary["cos_gap"] > 0.1  # on the training micrographs
+    auroc, gap = held_out_auroc(out_dir, crowded)
+    assert gap > 0.05 and auroc > 0.65, (auroc, gap)
+
+
+def test_pu_adjusted_loss_is_not_worse_than_plain(crowded, tmp_path):
+    _train(crowded, tmp_path / "plain", prior=0.0)
+    _train(crowded, tmp_path / "pu", prior=0.1)
+    plain, _ = held_out_auroc(tmp_path / "plain", crowded)
+    pu, _ = held_out_auroc(tmp_path / "pu", crowded)
+    assert pu >= plain - 0.01, (pu, plain)
+
+
+def test_too_few_exemplars_and_exemplars_outside(crowded, tmp_path):
+    out, meta, mics = crowded
+    cfg = TrainConfig(box=40.0, model="micro", steps=1, device="cpu")
+    few = make_coordinates(str(mics[0]), [[50.0, 50.0], [100.0, 100.0]])
+    with pytest.raises(InputError, match="at least 3 are needed"):
+        finetune(cfg, mics[:1], few, tmp_path, "few.star")
+    outside = make_coordinates(str(mics[0]), [[50.0, 50.0], [100.0, 100.0], [900.0, 10.0]])
+    with pytest.raises(InputError, match=r"out\.star: 1 coordinate\(s\) lie outside"):
+        finetune(cfg, mics[:1], outside, tmp_path, "out.star")
+
+
+def test_pretraining_learns_to_reconstruct(crowded):
+    out, meta, mics = crowded
+    history = json.loads((out / "pre" / "losses.json").read_text())
+    assert len(history) == 20 * 6  # 384 regions / 64 a batch = 6 steps an epoch
+    assert np.mean([h["loss"] for h in history[-6:]]) < 0.8 * history[0]["loss"]
+    payload = torch.load(out / "pre" / "model.pt", weights_only=True)
+    assert payload["kind"] == "pretrained" and payload["preprocess"]["box"] == meta["box_px"]
+
+
+def test_from_scratch_warns_and_freezes_nothing(crowded, tmp_path, caplog):
+    out, meta, mics = crowded
+    ft = TrainConfig(box=float(meta["box_px"]), model="micro", steps=2, device="cpu")
+    with caplog.at_level("INFO", logger="fewshotpicker"):
+        result = finetune(ft, mics[:1], read_coordinates(out / "exemplars.star"), tmp_path)
+    assert "from scratch" in caplog.text and "first 0 of 2 encoder blocks frozen" in caplog.text
+    assert result["bank"] == 4 * result["exemplars"] and result["steps"] == 2
+
+
+def test_cli_train_from_a_checkpoint_of_another_kind_is_refused(crowded, tmp_path, capsys):
+    out, meta, mics = crowded
+    torch.save({"kind": "resume", "state_dict": {}}, tmp_path / "weird.pt")
+    code = main(["train", "--micrographs", str(mics[0]), "--exemplars",
+                 str(out / "exemplars.star"), "--box", "40", "--pretrained",
+                 str(tmp_path / "weird.pt"), "--out", str(tmp_path / "o"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "holds a 'resume' checkpoint" in err and len(err.strip().splitlines()) == 1
