@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import glob
 import logging
 import os
@@ -65,6 +64,3 @@ def progress(items: Iterable, desc: str, total: Optional[int] = None):
     return tqdm(items, desc=desc, total=total, file=sys.stderr, dynamic_ncols=True,
                 disable=bool(os.environ.get("FEWSHOTPICKER_NO_PROGRESS")))
 
-
-def config_fields(cls) -> List[str]:
-    return [f.name for f in dataclasses.fields(cls)]

@@ -8,7 +8,7 @@ from typing import Iterable, Optional, Sequence
 import pandas as pd
 
 from ..io.atomic import atomic_path, write_text_atomic
-from .conventions import CONVENTIONS, evaluate_convention
+from .conventions import evaluate_convention
 
 FIGURES = ["precision", "recall", "f1", "f4", "ap", "auroc", "tp", "fp", "fn"]
 

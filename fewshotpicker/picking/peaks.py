@@ -35,7 +35,7 @@ def suppress_close(points: np.ndarray, scores: np.ndarray, min_distance: float) 
 
 def find_peaks(score: np.ndarray, min_distance: float, threshold: float = -np.inf,
                exclude_border: float = 0.0, refine: bool = True) -> tuple:
-    """Local maxima of ``score`` ``(h, w)`` or ``(d, h, w)``.
+    """Local maxima of ``score`` ``(h, w)`` or ``(d, h, w)``; flat regions give none.
 
     Parameters
     ----------
@@ -48,10 +48,10 @@ def find_peaks(score: np.ndarray, min_distance: float, threshold: float = -np.in
     sorted by descending score.
     """
     score = np.asarray(score, dtype=np.float64)
-    local_max = ndimage.maximum_filter(score, footprint=_disk_footprint(min_distance / 2,
-                                                                          score.ndim),
-                                       mode="nearest") == score
-    candidates = local_max & (score > threshold)
+    footprint = _disk_footprint(min_distance / 2, score.ndim)
+    local_max = ndimage.maximum_filter(score, footprint=footprint, mode="nearest") == score
+    not_flat = ndimage.minimum_filter(score, footprint=footprint, mode="nearest") < score
+    candidates = local_max & not_flat & (score > threshold)
     idx = np.argwhere(candidates)  # (n, ndim) in array order (z), y, x
     if exclude_border > 0 and len(idx):
         shape = np.array(score.shape)
@@ -77,18 +77,3 @@ def refine_positions(score: np.ndarray, idx: np.ndarray) -> np.ndarray:
             shift = np.where(den < 0, 0.5 * (fm - fp) / den, 0.0)
         pos[:, axis] += np.clip(shift, -0.5, 0.5)
     return pos
-
-
-def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of a 1D sample: the cut maximising the between-class variance."""
-    values = np.asarray(values, dtype=float)
-    if values.size < 2 or values.min() == values.max():
-        return float(values.min()) if values.size else 0.0
-    hist, edges = np.histogram(values, bins=bins)
-    centres = 0.5 * (edges[:-1] + edges[1:])
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centres) / np.maximum(w0, 1)
-    m1 = (np.sum(hist * centres) - np.cumsum(hist * centres)) / np.maximum(w1, 1)
-    between = w0 * w1 * (m0 - m1) ** 2
-    return float(edges[np.argmax(between[:-1]) + 1])

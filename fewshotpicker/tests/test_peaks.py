@@ -4,7 +4,7 @@ import pytest
 
 from fewshotpicker.config import DogConfig
 from fewshotpicker.picking.dog import pick_dog
-from fewshotpicker.picking.peaks import find_peaks, otsu_threshold, suppress_close
+from fewshotpicker.picking.peaks import find_peaks, suppress_close
 
 
 def gaussian_map(shape, centres, sigma=3.0, heights=None):
@@ -52,12 +52,6 @@ def test_suppress_close_order_and_distance():
     pts = np.array([[0.0, 0.0], [3.0, 0.0], [10.0, 0.0]])
     keep = suppress_close(pts, np.array([0.5, 0.9, 0.1]), 5.0)
     assert keep.tolist() == [1, 2]
-
-
-def test_otsu_splits_two_modes():
-    rng = np.random.default_rng(0)
-    values = np.concatenate([rng.normal(0, 1, 500), rng.normal(10, 1, 500)])
-    assert 3 < otsu_threshold(values) < 7
 
 
 def _disc_image(centres, radius, shape=(200, 200), contrast=-1.0, noise=0.3, seed=0):

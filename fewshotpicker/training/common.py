@@ -35,7 +35,7 @@ def load_mae(path: str | Path, device: torch.device,
         raise InputError(f"{resolve_model_file(path)}: holds no MAE architecture.")
     model = MaskedAutoencoder(MAEConfig(**payload["model"]))
     load_state_strict(model, payload["state_dict"], resolve_model_file(path),
-                      f"the MAE it describes")
+                      "the MAE it describes")
     return model.to(device), payload
 
 

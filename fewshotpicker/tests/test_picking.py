@@ -1,0 +1,106 @@
+"""Picking engine: window geometry, cutoffs, out-of-memory retry, failures that do not spread."""
+import numpy as np
+import pytest
+import torch
+
+from fewshotpicker.config import PickConfig
+from fewshotpicker.data.regions import Preprocess, crop_windows, prepare_micrograph
+from fewshotpicker.errors import InputError
+from fewshotpicker.io.checkpoint import save_checkpoint
+from fewshotpicker.io.mrc import write_mrc
+from fewshotpicker.models.mae import build_mae
+from fewshotpicker.picking import run as pick_run
+from fewshotpicker.picking.picker import Candidates, default_stride, find_candidates
+from fewshotpicker.picking.scoring import ScoreMap, window_grid
+from fewshotpicker.picking.threshold import choose_cutoff, density_cutoff
+from fewshotpicker.training.common import model_payload
+
+
+def test_window_grid_is_a_view_matching_crop_windows():
+    img = torch.randn(40, 50)
+    grid = window_grid(img, 16, 4)
+    assert grid.shape == (7, 9, 16, 16)
+    assert grid.data_ptr() == img.data_ptr()  # a view, no copy
+    sm = ScoreMap(np.zeros((7, 9)), step=4, offset=8.0, scale=1.0)
+    x, y = sm.grid_to_micrograph(np.array([[3, 2]]))[0]  # window (i=2, j=3)
+    crop = crop_windows(img, torch.tensor([[x, y]]), 16)[0, 0]
+    window = grid[2, 3]
+    expected = (window - window.mean()) / (window.std() + 1e-6)
+    assert torch.allclose(crop, expected, atol=1e-5)
+
+
+def test_grid_to_micrograph_undoes_the_scale():
+    sm = ScoreMap(np.zeros((5, 5)), step=8, offset=32.0, scale=1.6)
+    np.testing.assert_allclose(sm.grid_to_micrograph(np.array([[0, 0], [1, 2]])),
+                               [[20.0, 20.0], [25.0, 30.0]])
+    assert sm.stride_px == pytest.approx(5.0)
+    assert default_stride(150) == pytest.approx(30.0)
+
+
+def test_candidates_from_a_planted_score_map():
+    scores = np.zeros((20, 30))
+    scores[5, 7] = 1.0
+    scores[12, 20] = 0.8
+    scores[12, 21] = 0.79  # a shoulder of the same peak
+    sm = ScoreMap(scores, step=4, offset=16.0, scale=0.5)  # 8 micrograph px per cell
+    cands = find_candidates(sm, (200, 300), box=40, cfg=PickConfig())
+    assert len(cands.scores) == 2
+    np.testing.assert_allclose(cands.xy[0], [(16 + 7 * 4) / 0.5, (16 + 5 * 4) / 0.5])
+    assert cands.xy[1][0] == pytest.approx((16 + 20.5 * 4) / 0.5, abs=3.0)
+
+
+def test_density_cutoff_falls_between_particles_and_background():
+    rng = np.random.default_rng(0)
+    particles = rng.uniform(0.75, 0.98, 40)        # sparse, spread out
+    background = rng.normal(0.35, 0.03, 400)       # dense
+    cut = density_cutoff(np.concatenate([particles, background]), k=10)
+    assert 0.4 < cut < 0.76
+    assert density_cutoff(np.array([0.5, 0.6]), k=10) == -np.inf  # too few to decide
+
+
+def test_choose_cutoff_rules():
+    s = np.linspace(0, 1, 101)
+    assert choose_cutoff(s, "0.25") == 0.25
+    assert choose_cutoff(s, "quantile", quantile=0.9) == pytest.approx(0.9)
+    with pytest.raises(InputError, match="not 'auto', 'quantile' or a number"):
+        choose_cutoff(s, "median")
+
+
+@pytest.fixture
+def random_model(tmp_path):
+    """A 'finetuned' micro model with a random bank: enough to exercise the machinery."""
+    torch.manual_seed(0)
+    model = build_mae("micro")
+    save_checkpoint(tmp_path / "model" / "model.pt",
+                    model_payload(model, "finetuned", Preprocess(box=24, img_size=32), {},
+                                  bank=torch.randn(8, 64)))
+    return tmp_path / "model"
+
+
+def test_out_of_memory_halves_the_batch_and_retries(monkeypatch, random_model):
+    calls = []
+
+    def fake_pick(model, bank, image, pre, cfg, device, batch):
+        calls.append(batch)
+        if batch > 64:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return "picked"
+
+    monkeypatch.setattr(pick_run, "pick_micrograph", fake_pick)
+    result, batch = pick_run.pick_with_retry(None, None, None, None, PickConfig(), "cuda", 512)
+    assert result == "picked" and batch == 64 and calls == [512, 256, 128, 64]
+
+
+def test_a_bad_micrograph_is_reported_and_the_others_are_picked(random_model, tmp_path):
+    rng = np.random.default_rng(1)
+    good = [write_mrc(tmp_path / f"m{i}.mrc", rng.normal(size=(96, 120))) for i in range(2)]
+    bad = tmp_path / "broken.mrc"
+    bad.write_bytes(b"\0" * 64)
+    cfg = PickConfig(model=str(random_model), device="cpu")
+    results = pick_run.score_all(cfg, [good[0], bad, good[1]])
+    assert isinstance(results[str(bad)], str) and "broken.mrc" in results[str(bad)]
+    assert all(isinstance(results[str(g)], Candidates) for g in good)
+    summary = pick_run.write_pick_outputs(results, cfg, tmp_path / "out")
+    assert list(summary["failed"]) == [str(bad)]
+    assert (tmp_path / "out" / "autopick.star").exists()
+    assert (tmp_path / "out" / "thresholds" / "m0.json").exists()
