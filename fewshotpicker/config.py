@@ -186,6 +186,8 @@ class TrainConfig:
     pooling: str = ""                 # region feature: "mean" of patch tokens, "cls"; "" = model's
     unlabeled_ratio: float = 2.0      # unlabeled : positive crops per step
     unlabeled_pool: int = 40          # unlabeled crops drawn per exemplar (sampled each step)
+    shifted_negatives: float = 0.5    # share of the unlabeled batch that are off-centre exemplars
+    shift_range: tuple = (0.35, 0.6)  # their displacement, in boxes (IoU 0.5 allows 1/3)
     rotations: bool = True            # exemplars also at 90, 180, 270 degrees (the bank)
     augment: bool = True              # each step: exact views (90-degree turns, flips, shifts)
     max_shift: int = 2                # px of the model input, for augmented exemplars
@@ -204,7 +206,7 @@ class PickConfig:
     model: str = ""                   # folder or model.pt of a 'train' run
     stride: float = 0.0               # px between windows (0 = box / 5, the paper's 28 for ~150)
     min_distance: float = 0.0         # px between picks (0 = the particle radius, box / 2)
-    threshold: str = "auto"           # auto (density cutoff per micrograph) | quantile | number
+    threshold: str = "auto"           # auto (= otsu2) | otsu2 | density (CryoMAE) | quantile | number
     k: int = 10                       # neighbours of the density cutoff
     quantile: float = 0.9             # global quantile of candidate scores when threshold=quantile
     exclude_border: float = 0.0       # px kept free at the edges

@@ -19,12 +19,11 @@ from ..models.mae import MODEL_SIZES
 
 DEFAULT_VARIANTS = {
     "paper: alpha 0.7, 90-degree rotations only, no low-pass":
-        {"alpha": 0.7, "augment": False, "lowpass": 0.0},
-    "alpha 0.5, no low-pass": {"alpha": 0.5, "augment": False, "lowpass": 0.0},
-    "alpha 0.5 + exact augmentation, no low-pass": {"lowpass": 0.0},
-    "ours (defaults: + low-pass 0.03 box)": {},
+        {"alpha": 0.7, "augment": False, "lowpass": 0.0, "shifted_negatives": 0.0},
+    "alpha 0.5 + exact augmentation, no low-pass": {"lowpass": 0.0, "shifted_negatives": 0.0},
+    "alpha 0.5 + exact augmentation + low-pass": {"shifted_negatives": 0.0},
+    "ours (defaults: + off-centre negatives)": {},
     "ours, plain SCS (prior 0)": {"prior": 0.0},
-    "ours, prior 0.15": {"prior": 0.15},
     "ours, centred features": {"centre_features": True},
     "ours, CLS token instead of mean pooling": {"pooling": "cls"},
 }

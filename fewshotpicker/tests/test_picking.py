@@ -12,7 +12,8 @@ from fewshotpicker.models.mae import build_mae
 from fewshotpicker.picking import run as pick_run
 from fewshotpicker.picking.picker import Candidates, default_stride, find_candidates
 from fewshotpicker.picking.scoring import ScoreMap, window_grid
-from fewshotpicker.picking.threshold import choose_cutoff, density_cutoff
+from fewshotpicker.picking.threshold import (choose_cutoff, density_cutoff, otsu2_cutoff,
+                                             otsu_threshold)
 from fewshotpicker.training.common import model_payload
 
 
@@ -58,11 +59,26 @@ def test_density_cutoff_falls_between_particles_and_background():
     assert density_cutoff(np.array([0.5, 0.6]), k=10) == -np.inf  # too few to decide
 
 
+def test_otsu2_keeps_the_tight_top_mode_only():
+    rng = np.random.default_rng(0)
+    background = np.tanh(rng.normal(-1.0, 0.2, 400))   # far from the exemplars
+    tail = np.tanh(rng.normal(1.0, 0.25, 60))          # off-centre views, lures
+    particles = np.tanh(rng.normal(2.8, 0.15, 100))    # centred particles, cos ~0.99
+    cut = otsu2_cutoff(np.concatenate([background, tail, particles]))
+    kept_particles = np.mean(particles > cut)
+    kept_tail = np.mean(tail > cut)
+    assert kept_particles > 0.95 and kept_tail < 0.05
+    assert otsu2_cutoff(np.array([0.1, 0.9])) == -np.inf
+    cut = otsu_threshold(np.concatenate([np.zeros(50), np.ones(50)]))
+    assert 0.0 < cut < 1.0  # any cut between two spikes separates them equally well
+
+
 def test_choose_cutoff_rules():
     s = np.linspace(0, 1, 101)
     assert choose_cutoff(s, "0.25") == 0.25
     assert choose_cutoff(s, "quantile", quantile=0.9) == pytest.approx(0.9)
-    with pytest.raises(InputError, match="not 'auto', 'quantile' or a number"):
+    assert choose_cutoff(s, "auto") == choose_cutoff(s, "otsu2")
+    with pytest.raises(InputError, match="not 'auto', 'otsu2', 'density', 'quantile'"):
         choose_cutoff(s, "median")
 
 

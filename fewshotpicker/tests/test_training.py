@@ -153,3 +153,25 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     with pytest.raises(InputError, match=r"belongs to a run with other settings \(seed"):
         train(model, lambda s: (torch.zeros((), requires_grad=True), {}), settings, tmp_path,
               {"seed": 8, "steps": 4})
+
+
+def test_shifted_centres_lie_in_the_off_centre_ring():
+    from fewshotpicker.training.finetune import shifted_centres
+    centres = np.array([[100.0, 100.0], [300.0, 50.0]])
+    off = shifted_centres(centres, box=40, shift_range=(0.35, 0.6), per_point=50,
+                          rng=np.random.default_rng(0))
+    assert off.shape == (100, 2)
+    dist = np.linalg.norm(off - np.repeat(centres, 50, axis=0), axis=1)
+    assert dist.min() >= 0.35 * 40 - 1e-9 and dist.max() <= 0.6 * 40 + 1e-9
+    # beyond a third of the box: by the IoU 0.5 rule none of them is a centred particle
+    assert dist.min() > 40 / 3
+
+
+def test_train_speed_benchmark_prints_its_figures(capsys):
+    from fewshotpicker.cli.main import main
+    assert main(["benchmark", "train-speed", "--model", "micro", "--device", "cpu",
+                 "--batch", "8", "--steps", "1"]) == 0
+    header, row = capsys.readouterr().out.strip().splitlines()[:2]
+    assert header.split()[:4] == ["model", "device", "batch", "pretrain_steps_per_s"]
+    assert row.split()[:3] == ["micro", "cpu", "8"]
+    assert float(row.split()[3]) > 0

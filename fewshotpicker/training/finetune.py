@@ -53,12 +53,27 @@ def build_model(cfg: TrainConfig, device: torch.device) -> MaskedAutoencoder:
     return build_mae(cfg.model).to(device)
 
 
+def shifted_centres(centres: np.ndarray, box: float, shift_range: tuple, per_point: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """``per_point`` displaced copies of each centre ``(m, 2)``: ``(m * per_point, 2)``.
+
+    The displacement is uniform in ``shift_range`` boxes, in a random direction:
+    a window there shows part of the particle but is not centred on it.
+    """
+    n = len(centres) * per_point
+    angle = rng.uniform(0, 2 * np.pi, n)
+    dist = rng.uniform(*shift_range, n) * box
+    return np.repeat(centres, per_point, axis=0) + np.stack([np.cos(angle), np.sin(angle)], 1) \
+        * dist[:, None]
+
+
 def collect_regions(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame,
                     pre: Preprocess, device: torch.device, source: str) -> tuple:
     """Exemplar windows ``(m, 1, S, S)`` (S = :func:`view_window_size`, for random
-    views) and an unlabeled pool ``(u, 1, s, s)``."""
+    views), an unlabeled pool ``(u, 1, s, s)`` and off-centre exemplar crops
+    ``(o, 1, s, s)`` (none when ``shifted_negatives`` is 0)."""
     exemplars = match_micrographs(exemplars, [str(m) for m in micrographs], source)
-    positives, pool = [], []
+    positives, pool, shifted = [], [], []
     per_mic = max(1, int(cfg.unlabeled_pool * len(exemplars) / len(micrographs)))
     for i, path in enumerate(micrographs):
         image = read_image(path).data
@@ -69,12 +84,18 @@ def collect_regions(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.Dat
             centres = torch.as_tensor(mine * pre.scale, dtype=torch.float32, device=device)
             positives.append(crop_windows(prepared, centres,
                                           view_window_size(pre.img_size, cfg.max_shift)))
+            if cfg.shifted_negatives > 0:
+                off = shifted_centres(mine * pre.scale, pre.img_size, cfg.shift_range, 16,
+                                      np.random.default_rng([cfg.seed, i, 9]))
+                shifted.append(crop_windows(prepared, torch.as_tensor(
+                    off, dtype=torch.float32, device=device), pre.img_size))
         rng = np.random.default_rng([cfg.seed, i, 7])
         free = random_centres(tuple(prepared.shape), per_mic, rng, margin=pre.img_size / 2,
                               avoid=mine * pre.scale, avoid_radius=pre.img_size / 2)
         pool.append(crop_windows(prepared, torch.as_tensor(free, dtype=torch.float32,
                                                            device=device), pre.img_size))
-    return torch.cat(positives), torch.cat(pool)
+    empty = torch.empty(0, 1, pre.img_size, pre.img_size, device=device)
+    return torch.cat(positives), torch.cat(pool), torch.cat(shifted) if shifted else empty
 
 
 def centre_crop(windows: torch.Tensor, size: int) -> torch.Tensor:
@@ -93,18 +114,32 @@ def positive_views(windows: torch.Tensor, cfg: TrainConfig, size: int,
     return rotations90(fixed) if cfg.rotations else fixed
 
 
+def sample(x: torch.Tensor, n: int, rng: np.random.Generator) -> torch.Tensor:
+    """``n`` rows of ``x`` without replacement (all of them if fewer)."""
+    idx = rng.choice(len(x), min(n, len(x)), replace=False)
+    return x[torch.as_tensor(idx, device=x.device)]
+
+
 def finetune_step_fn(model, positives: torch.Tensor, pool: torch.Tensor, cfg: TrainConfig,
-                     device: torch.device, forward: Callable) -> Callable:
-    """``step -> (loss, metrics)`` with loss = masked MSE + beta * SCS."""
+                     device: torch.device, forward: Callable,
+                     shifted: Optional[torch.Tensor] = None) -> Callable:
+    """``step -> (loss, metrics)`` with loss = masked MSE + beta * SCS.
+
+    The unlabeled side of each step is drawn from the pool and, for a share
+    ``shifted_negatives``, from the off-centre exemplar crops.
+    """
     size = model.cfg.img_size
     n_pos = len(positives) * (4 if cfg.rotations else 1)
     n_unl = max(1, int(round(cfg.unlabeled_ratio * n_pos)))
+    n_off = int(round(cfg.shifted_negatives * n_unl)) if shifted is not None and len(shifted) \
+        else 0
 
     def step_fn(step: int):
         rng = np.random.default_rng([cfg.seed, step, 2])
         pos = positive_views(positives, cfg, size, rng)
-        unl = pool[torch.as_tensor(rng.choice(len(pool), min(n_unl, len(pool)),
-                                              replace=False), device=pool.device)]
+        unl = sample(pool, n_unl - n_off, rng)
+        if n_off:
+            unl = torch.cat([unl, sample(shifted, n_off, rng)])
         if cfg.augment:  # the same exact operations, so no view statistic marks positives
             unl = random_views(unl, size, rng, 0)
         x = torch.cat([pos, unl])
@@ -164,7 +199,7 @@ def finetune(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame,
             raise InputError(f"Pooling {cfg.pooling!r} is not 'mean' or 'cls'.")
         model.cfg = replace(model.cfg, pooling=cfg.pooling)
     pre = Preprocess(box=cfg.box, img_size=model.cfg.img_size, highpass=cfg.highpass, lowpass=cfg.lowpass)
-    positives, pool = collect_regions(cfg, micrographs, exemplars, pre, device, source)
+    positives, pool, shifted = collect_regions(cfg, micrographs, exemplars, pre, device, source)
     # freezing only makes sense for pretrained blocks
     k = cfg.freeze_blocks if cfg.freeze_blocks >= 0 else \
         (model.cfg.depth // 2 if cfg.pretrained else 0)
@@ -174,7 +209,7 @@ def finetune(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame,
              device)
     forward = torch.compile(model) if cfg.compile else model
     model.train()
-    history = train(model, finetune_step_fn(model, positives, pool, cfg, device, forward),
+    history = train(model, finetune_step_fn(model, positives, pool, cfg, device, forward, shifted),
                     loop_settings(cfg, cfg.steps), out_dir, to_dict(cfg), "exemplar fine-tuning",
                     (lambda it, total: progress(it, desc="train", total=total))
                     if progress else None)
