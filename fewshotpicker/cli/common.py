@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import logging
 import os
 import sys
@@ -11,8 +12,9 @@ from typing import Iterable, List, Optional, Sequence, Type, TypeVar
 
 from tqdm import tqdm
 
-from ..config import from_dict, load_config, to_dict
+from ..config import from_dict, load_config, to_dict, write_run_record
 from ..errors import InputError
+from ..io.atomic import write_text_atomic
 
 T = TypeVar("T")
 log = logging.getLogger("fewshotpicker")
@@ -42,6 +44,20 @@ def build_config(cls: Type[T], args: argparse.Namespace, flags: dict) -> T:
         if value is not None:
             values[name] = value
     return from_dict(cls, values)
+
+
+def start_run(command: str, cls: Type[T], args: argparse.Namespace, flags: dict,
+              out: Optional[Path] = None) -> tuple:
+    """Build the command's config and record it: returns ``(config, output folder)``."""
+    cfg = build_config(cls, args, flags)
+    out = Path(out or args.out)
+    write_run_record(out, command, cfg)
+    return cfg, out
+
+
+def write_summary(out: Path, summary: dict) -> Path:
+    """``summary.json`` in the output folder, written atomically."""
+    return write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
 
 
 def expand_images(patterns: Sequence[str], what: str = "micrographs") -> List[Path]:

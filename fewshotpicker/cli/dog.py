@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from ..config import DogConfig, write_run_record
-from ..io.atomic import write_text_atomic
+from ..config import DogConfig
 from ..io.coordinates import write_autopick
 from ..picking.run_dog import dog_pick_micrographs
-from .common import add_config_argument, build_config, expand_images, log, progress
+from .common import (add_config_argument, expand_images, log, progress, start_run,
+                     write_summary)
 
 FLAGS = {"diameter": "diameter", "threshold": "threshold", "min_distance": "min_distance",
          "exclude_border": "exclude_border"}
@@ -30,15 +28,13 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = build_config(DogConfig, args, FLAGS)
     mics = expand_images(args.micrographs)
-    out = Path(args.out)
-    write_run_record(out, "dog", cfg)
+    cfg, out = start_run("dog", DogConfig, args, FLAGS)
     picks, thresholds = dog_pick_micrographs(mics, cfg, lambda it: progress(it, "dog"))
     index = write_autopick(picks, out, [str(m) for m in mics])
     counts = picks.groupby("micrograph").size().to_dict() if len(picks) else {}
     summary = {str(m): {"picks": int(counts.get(str(m), 0)), "threshold": thresholds[str(m)]}
                for m in mics}
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    write_summary(out, summary)
     log.info("%d picks on %d micrographs; index %s", len(picks), len(mics), index)
     return 0

@@ -4,11 +4,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import EvaluateConfig, write_run_record
+from ..config import EvaluateConfig
 from ..evaluate import evaluate_all, format_table, save_report
 from ..evaluate.conventions import CONVENTIONS
 from ..io.coordinates import read_coordinates
-from .common import add_config_argument, build_config, expand_images, log
+from .common import add_config_argument, expand_images, log, start_run
 
 FLAGS = {"box": "box", "radius": "radius", "convention": "conventions"}
 
@@ -35,16 +35,14 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = build_config(EvaluateConfig, args, FLAGS)
     picks = read_coordinates(args.picks)
     truth = read_coordinates(args.truth)
+    picks_path = Path(args.picks)
+    cfg, out = start_run("evaluate", EvaluateConfig, args, FLAGS, args.out or
+                         (picks_path if picks_path.is_dir() else picks_path.parent) / "evaluation")
     mics = [str(m) for m in expand_images(args.micrographs)] if args.micrographs else None
     report = evaluate_all(picks, truth, cfg.box, cfg.conventions, cfg.radius or None, mics)
     print(format_table(report, args.per_micrograph))
-    picks_path = Path(args.picks)
-    out = Path(args.out) if args.out else \
-        (picks_path if picks_path.is_dir() else picks_path.parent) / "evaluation"
-    write_run_record(out, "evaluate", cfg)
     paths = save_report(report, out, args.label)
     log.info("wrote %s", ", ".join(paths.values()))
     return 0

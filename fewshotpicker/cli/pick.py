@@ -8,14 +8,12 @@ reported and the others still finish.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from ..config import PickConfig, write_run_record
+from ..config import PickConfig
 from ..errors import InputError
-from ..io.atomic import write_text_atomic
 from ..picking.run import apply_global_quantile, score_all, write_pick_outputs
-from .common import add_config_argument, build_config, expand_images, log, progress
+from .common import (add_config_argument, expand_images, log, progress, start_run,
+                     write_summary)
 
 FLAGS = {"model": "model", "stride": "stride", "min_distance": "min_distance",
          "threshold": "threshold", "k": "k", "quantile": "quantile",
@@ -45,12 +43,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = build_config(PickConfig, args, FLAGS)
+    mics = expand_images(args.micrographs)
+    cfg, out = start_run("pick", PickConfig, args, FLAGS)
     if not cfg.model:
         raise InputError("A model is required (--model, the folder of a 'train' run).")
-    mics = expand_images(args.micrographs)
-    out = Path(args.out)
-    write_run_record(out, "pick", cfg)
     results = score_all(cfg, mics, lambda it, total: progress(it, "pick", total))
     good = [r for r in results.values() if not isinstance(r, str)]
     if not good:
@@ -60,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         cut = apply_global_quantile(good, cfg.quantile)
         log.info("global cutoff %.4f (quantile %.2f of all candidate scores)", cut, cfg.quantile)
     summary = write_pick_outputs(results, cfg, out)
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    write_summary(out, summary)
     counts = [m["picks"] for m in summary["micrographs"].values()]
     log.info("%d picks on %d micrographs (%.1f per micrograph)%s; index %s",
              summary["n_picks"], len(counts), sum(counts) / max(1, len(counts)),

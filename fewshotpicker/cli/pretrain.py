@@ -7,14 +7,12 @@ same output folder.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from ..config import PretrainConfig, write_run_record
-from ..io.atomic import write_text_atomic
+from ..config import PretrainConfig
 from ..models.mae import MODEL_SIZES
 from ..training.pretrain import pretrain
-from .common import add_config_argument, build_config, expand_images, log, progress
+from .common import (add_config_argument, expand_images, log, progress, start_run,
+                     write_summary)
 
 FLAGS = {"model": "model", "box": "box", "regions": "regions_per_micrograph",
          "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "mask_ratio": "mask_ratio",
@@ -46,12 +44,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = build_config(PretrainConfig, args, FLAGS)
     mics = expand_images(args.micrographs)
-    out = Path(args.out)
-    write_run_record(out, "pretrain", cfg)
+    cfg, out = start_run("pretrain", PretrainConfig, args, FLAGS)
     summary = pretrain(cfg, mics, out, progress)
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    write_summary(out, summary)
     log.info("pretrained for %d steps on %d regions (final loss %.4f); model %s",
              summary["steps"], summary["regions"], summary["final_loss"], out / "model.pt")
     return 0

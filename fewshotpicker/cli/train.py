@@ -7,15 +7,13 @@ far exemplar features stand from unlabeled ones). Resumes when run again.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from ..config import TrainConfig, write_run_record
-from ..io.atomic import write_text_atomic
+from ..config import TrainConfig
 from ..io.coordinates import read_coordinates
 from ..models.mae import MODEL_SIZES
 from ..training.finetune import finetune
-from .common import add_config_argument, build_config, expand_images, log, progress
+from .common import (add_config_argument, expand_images, log, progress, start_run,
+                     write_summary)
 
 FLAGS = {"box": "box", "model": "model", "pretrained": "pretrained", "steps": "steps",
          "lr": "lr", "beta": "beta", "alpha": "alpha", "tau": "tau", "prior": "prior",
@@ -56,13 +54,11 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = build_config(TrainConfig, args, FLAGS)
     mics = expand_images(args.micrographs)
     exemplars = read_coordinates(args.exemplars)
-    out = Path(args.out)
-    write_run_record(out, "train", cfg)
+    cfg, out = start_run("train", TrainConfig, args, FLAGS)
     summary = finetune(cfg, mics, exemplars, out, args.exemplars, progress)
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    write_summary(out, summary)
     log.info("fine-tuned for %d steps on %d exemplars; exemplar/unlabeled cosine gap %.3f; "
              "model %s", summary["steps"], summary["exemplars"], summary["cos_gap"],
              out / "model.pt")
