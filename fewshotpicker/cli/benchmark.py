@@ -41,6 +41,8 @@ def add_parser(sub) -> None:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--real", help="features: folder of the EMPIAR-10028 set "
                                   "(../shared/data/empiar-10028)")
+    p.add_argument("--sets", default="simulated,real",
+                   help="features: which data sets to run (default both; real needs --real)")
     p.add_argument("--variants", help="features: JSON {name: {TrainConfig overrides}}")
     p.add_argument("--work", default="benchmark_work", help="features: folder for runs")
     p.add_argument("--out", help="also save the figures as JSON here")
@@ -66,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         from ..benchmarks import features
         work = Path(args.work)
-        datasets = [features.simulated_dataset(work / "simulated")]
-        if args.real:
+        sets = args.sets.split(",")
+        datasets = [features.simulated_dataset(work / "simulated")] if "simulated" in sets else []
+        if args.real and "real" in sets:
             datasets.append(features.empiar10028(Path(args.real)))
         variants = json.loads(args.variants) if args.variants else DEFAULT_VARIANTS
         result = features.run(datasets, variants, work, args.device, steps=args.steps or 300)
