@@ -115,7 +115,7 @@ class TomogramSimConfig:
 @dataclass(frozen=True)
 class DogConfig:
     """Difference-of-Gaussians baseline picker. Lengths in pixels."""
-    diameter: float = 40.0             # particle diameter, px
+    diameter: float = 0.0              # particle diameter, px (required)
     threshold: str = "auto"            # "auto" (noise-calibrated) or a number
     min_distance: float = 0.0          # 0 = particle radius
     exclude_border: float = 0.0        # px kept free at the edges (0 = half a radius)
@@ -125,7 +125,7 @@ class DogConfig:
 @dataclass(frozen=True)
 class EvaluateConfig:
     """Evaluation of picks against ground truth."""
-    box: float = 40.0                  # box side, px (also the particle diameter for radius rules)
+    box: float = 0.0                   # box side, px (required; the particle diameter)
     radius: float = 0.0                # matching radius for the Topaz rule, px (0 = box / 2)
     conventions: tuple = ("cryomae", "hydrapicker", "topaz")
     seed: int = 0

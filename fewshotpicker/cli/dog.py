@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import DogConfig
+from ..errors import InputError
 from ..io.coordinates import write_autopick
 from ..picking.run_dog import dog_pick_micrographs
 from .common import (add_config_argument, expand_images, log, progress, start_run,
@@ -30,6 +31,8 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     mics = expand_images(args.micrographs)
     cfg, out = start_run("dog", DogConfig, args, FLAGS)
+    if cfg.diameter <= 0:
+        raise InputError("The particle diameter (--diameter, px) is required.")
     picks, thresholds = dog_pick_micrographs(mics, cfg, lambda it: progress(it, "dog"))
     index = write_autopick(picks, out, [str(m) for m in mics])
     counts = picks.groupby("micrograph").size().to_dict() if len(picks) else {}

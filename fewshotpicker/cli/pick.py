@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
+
 from ..config import PickConfig
 from ..errors import InputError
+from ..picking.threshold import choose_cutoff
 from ..picking.run import apply_global_quantile, score_all, write_pick_outputs
 from .common import (add_config_argument, expand_images, log, progress, start_run,
                      write_summary)
@@ -47,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     cfg, out = start_run("pick", PickConfig, args, FLAGS)
     if not cfg.model:
         raise InputError("A model is required (--model, the folder of a 'train' run).")
+    choose_cutoff(np.empty(0), cfg.threshold)  # refuses an unknown rule before any work
     results = score_all(cfg, mics, lambda it, total: progress(it, "pick", total))
     good = [r for r in results.values() if not isinstance(r, str)]
     if not good:

@@ -6,6 +6,7 @@ import pytest
 import starfile
 
 from fewshotpicker.cli.main import main
+from fewshotpicker.io.coordinates import make_coordinates, write_coordinate_table
 from fewshotpicker.io.mrc import write_mrc
 
 
@@ -91,6 +92,17 @@ def test_bad_input_gives_one_sentence_and_exit_2(tmp_path, capsys):
     code, _, err = run(capsys, "dog", "--micrographs", str(tmp_path / "stack.mrc"),
                        "--diameter", "20", "--out", str(tmp_path / "p"))
     assert code == 2 and "stack or volume" in err
+    write_coordinate_table(make_coordinates("m.mrc", [[10.0, 10.0]]), tmp_path / "c.star")
+    code, _, err = run(capsys, "evaluate", "--picks", str(tmp_path / "c.star"), "--truth",
+                       str(tmp_path / "c.star"), "--out", str(tmp_path / "e"))
+    assert code == 2 and "box size (--box, px) is required" in err
+    code, _, err = run(capsys, "dog", "--micrographs", str(tmp_path / "stack.mrc"), "--out",
+                       str(tmp_path / "p"))
+    assert code == 2 and "--diameter, px) is required" in err
+    code, _, err = run(capsys, "pick", "--model", str(tmp_path), "--micrographs",
+                       str(tmp_path / "stack.mrc"), "--out", str(tmp_path / "q"),
+                       "--threshold", "median")
+    assert code == 2 and "Threshold 'median' is not" in err
     (tmp_path / "run.json").write_text(json.dumps({"snr": 0.1, "colour": "red"}))
     code, _, err = run(capsys, "simulate", "--out", str(tmp_path / "s"), "--config",
                        str(tmp_path / "run.json"))
