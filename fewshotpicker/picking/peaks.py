@@ -48,7 +48,8 @@ def find_peaks(score: np.ndarray, min_distance: float, threshold: float = -np.in
     sorted by descending score.
     """
     score = np.asarray(score, dtype=np.float64)
-    footprint = _disk_footprint(min_distance / 2, score.ndim)
+    # at least the full 3x3(x3) neighbourhood, however small min_distance is
+    footprint = _disk_footprint(max(min_distance / 2, np.sqrt(score.ndim)), score.ndim)
     local_max = ndimage.maximum_filter(score, footprint=footprint, mode="nearest") == score
     not_flat = ndimage.minimum_filter(score, footprint=footprint, mode="nearest") < score
     candidates = local_max & not_flat & (score > threshold)

@@ -33,6 +33,16 @@ def test_min_distance_keeps_the_higher_of_two_close_peaks():
     assert len(pos) == 2
 
 
+@pytest.mark.parametrize("min_distance", [0.0, 1.0, 1.5, 2.0])
+def test_a_small_min_distance_still_finds_peaks_on_a_coarse_map(min_distance):
+    # a coarse score map (stride ~ radius) has peaks only a few cells apart
+    centres = [(3.2, 4.0), (8.0, 9.3), (12.6, 3.4)]
+    pos, _ = find_peaks(gaussian_map((14, 16), centres, sigma=1.2), min_distance=min_distance)
+    assert len(pos) == 3
+    for c in centres:
+        assert np.min(np.linalg.norm(pos - np.array(c), axis=1)) < 0.35
+
+
 def test_threshold_and_border_exclusion():
     score = gaussian_map((60, 60), [(3, 30), (30, 30), (45, 45)], heights=[1.0, 1.0, 0.3])
     pos, values = find_peaks(score, 8, threshold=0.5, exclude_border=5)
