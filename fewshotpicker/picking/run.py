@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -23,7 +24,8 @@ from ..data.regions import Preprocess
 from ..device import resolve_devices
 from ..errors import InputError
 from ..io.atomic import write_text_atomic
-from ..io.coordinates import empty_coordinates, make_coordinates, micrograph_key, write_autopick
+from ..io.coordinates import (empty_coordinates, make_coordinates, micrograph_key, write_autopick,
+                              write_coordinate_table)
 from ..io.mrc import read_image
 from ..training.common import load_mae
 from .picker import Candidates, pick_micrograph
@@ -54,9 +56,11 @@ def _worker(model_path: str, device: torch.device, paths: List[Path], cfg: PickC
     batch = cfg.batch_size
     for path in paths:
         try:
+            start = time.perf_counter()
             image = read_image(path).data
-            results[str(path)], batch = pick_with_retry(model, bank, image, pre, cfg, device,
-                                                        batch)
+            cands, batch = pick_with_retry(model, bank, image, pre, cfg, device, batch)
+            cands.seconds = time.perf_counter() - start
+            results[str(path)] = cands
         except (InputError, RuntimeError, ValueError) as exc:
             results[str(path)] = f"{exc}"
             log.error("%s: not picked (%s)", path, exc)
@@ -67,6 +71,9 @@ def score_all(cfg: PickConfig, micrographs: List[Path],
               progress: Optional[Callable] = None) -> Dict[str, object]:
     """Candidates (or an error message) for every micrograph, keyed by path string."""
     devices = resolve_devices(cfg.device)
+    for dev in devices:
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
     bar = progress(range(len(micrographs)), total=len(micrographs)) if progress else None
     lock = threading.Lock()
 
@@ -101,6 +108,20 @@ def _histogram(c: Candidates) -> dict:
     return {"counts": np.asarray(counts).tolist(), "edges": np.asarray(edges).tolist()}
 
 
+def peak_gpu_memory_mb(cfg: PickConfig) -> Dict[str, float]:
+    """Peak GPU memory allocated by torch on each CUDA device of the run, MiB."""
+    return {str(d): torch.cuda.max_memory_allocated(d) / 2 ** 20
+            for d in resolve_devices(cfg.device) if d.type == "cuda"}
+
+
+def write_candidates(results: Dict[str, object], path: Path) -> Path:
+    """Every peak of every micrograph with its score, above and below the cutoff."""
+    frames = [make_coordinates(name, res.xy, res.scores) for name, res in results.items()
+              if not isinstance(res, str) and len(res.scores)]
+    table = pd.concat(frames, ignore_index=True) if frames else empty_coordinates()
+    return write_coordinate_table(table, path, with_scores=True)
+
+
 def write_pick_outputs(results: Dict[str, object], cfg: PickConfig, out_dir: Path) -> dict:
     """STAR files, per-micrograph threshold JSON (and PNG), and the summary dict."""
     frames, summary, failed = [], {}, {}
@@ -118,9 +139,15 @@ def write_pick_outputs(results: Dict[str, object], cfg: PickConfig, out_dir: Pat
         if cfg.plots:
             plot_score_histogram(res.scores, res.cutoff, out_dir / "thresholds" / f"{key}.png",
                                  key)
-        summary[name] = {"picks": record["picks"], "cutoff": res.cutoff}
+        summary[name] = {"picks": record["picks"], "cutoff": res.cutoff,
+                         "seconds": round(res.seconds, 3)}
     frames = [f for f in frames if len(f)]
     picks = pd.concat(frames, ignore_index=True) if frames else empty_coordinates()
     done = [n for n in results if n not in failed]
     write_autopick(picks, out_dir, done)
-    return {"micrographs": summary, "failed": failed, "n_picks": int(len(picks))}
+    if cfg.candidates:
+        write_candidates(results, out_dir / "candidates.star")
+    seconds = [m["seconds"] for m in summary.values()]
+    return {"micrographs": summary, "failed": failed, "n_picks": int(len(picks)),
+            "seconds_per_micrograph": float(np.mean(seconds)) if seconds else None,
+            "peak_gpu_memory_mb": peak_gpu_memory_mb(cfg)}

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.regions import Preprocess, normalize_regions, prepare_micrograph
-from ..device import autocast
+from ..device import inference_autocast
 
 log = logging.getLogger("fewshotpicker")
 
@@ -68,16 +68,18 @@ class Bank:
 
 
 @torch.no_grad()
-def score_windows(model, windows: torch.Tensor, bank: Bank) -> torch.Tensor:
+def score_windows(model, windows: torch.Tensor, bank: Bank,
+                  precision: str = "auto") -> torch.Tensor:
     """Max cosine to the bank for windows ``(n, s, s)``: returns ``(n,)`` float32."""
     device = bank.matrix.device
-    with autocast(device):
+    with inference_autocast(device, precision):
         feats = model.embed(normalize_regions(windows.float())[:, None])
     return (F.normalize(feats.float() - bank.centre, dim=-1) @ bank.matrix).max(dim=1).values
 
 
 @torch.no_grad()
-def score_grid(model, grid: torch.Tensor, bank: Bank, batch: int) -> torch.Tensor:
+def score_grid(model, grid: torch.Tensor, bank: Bank, batch: int,
+               precision: str = "auto") -> torch.Tensor:
     """Scores ``(gy, gx)`` of a window grid view ``(gy, gx, s, s)``.
 
     Rows of windows are copied out of the view a batch at a time, so memory
@@ -88,22 +90,24 @@ def score_grid(model, grid: torch.Tensor, bank: Bank, batch: int) -> torch.Tenso
     out = torch.empty(gy, gx, dtype=torch.float32, device=bank.matrix.device)
     for i in range(0, gy, rows):
         chunk = grid[i:i + rows].reshape(-1, s, s)
-        out[i:i + rows] = score_windows(model, chunk, bank).reshape(-1, gx)
+        out[i:i + rows] = score_windows(model, chunk, bank, precision).reshape(-1, gx)
     return out
 
 
 @torch.no_grad()
 def score_micrograph(model, bank: Bank, image: np.ndarray, pre: Preprocess,
-                     stride_px: float, device: torch.device, batch: int = 1024) -> ScoreMap:
+                     stride_px: float, device: torch.device, batch: int = 1024,
+                     precision: str = "auto") -> ScoreMap:
     """Score map of one micrograph ``(h, w)``.
 
     stride_px: distance between windows in micrograph pixels (rounded to whole
-    prepared-image pixels, at least 1).
+    prepared-image pixels, at least 1). precision: ``auto`` (bf16 where native),
+    ``bf16`` or ``fp32``.
     """
     model.eval()
     prepared = prepare_micrograph(image, pre, device)
     size = pre.img_size
     step = max(1, int(round(stride_px * pre.scale)))
-    scores = score_grid(model, window_grid(prepared, size, step), bank, batch)
+    scores = score_grid(model, window_grid(prepared, size, step), bank, batch, precision)
     # same centre convention as crop_windows: a window starts at centre - size / 2
     return ScoreMap(scores.cpu().numpy(), step, size / 2.0, pre.scale)

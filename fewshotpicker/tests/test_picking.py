@@ -120,3 +120,31 @@ def test_a_bad_micrograph_is_reported_and_the_others_are_picked(random_model, tm
     assert list(summary["failed"]) == [str(bad)]
     assert (tmp_path / "out" / "autopick.star").exists()
     assert (tmp_path / "out" / "thresholds" / "m0.json").exists()
+
+
+def test_candidates_table_holds_every_peak_and_picks_are_its_top(random_model, tmp_path):
+    from fewshotpicker.io.coordinates import read_coordinates
+    rng = np.random.default_rng(2)
+    mics = [write_mrc(tmp_path / f"m{i}.mrc", rng.normal(size=(96, 120))) for i in range(2)]
+    cfg = PickConfig(model=str(random_model), device="cpu", candidates=True, threshold="0.5")
+    results = pick_run.score_all(cfg, mics)
+    summary = pick_run.write_pick_outputs(results, cfg, tmp_path / "out")
+    cands = read_coordinates(tmp_path / "out" / "candidates.star")
+    picks = read_coordinates(tmp_path / "out" / "autopick.star")
+    assert len(cands) == sum(len(r.scores) for r in results.values())
+    assert len(picks) == int((cands["score"] > 0.5).sum()) < len(cands)
+    assert summary["seconds_per_micrograph"] > 0
+    assert summary["peak_gpu_memory_mb"] == {}  # CPU run
+
+
+def test_bf16_scores_match_fp32_to_a_few_thousandths(random_model):
+    from fewshotpicker.picking.scoring import Bank, score_micrograph
+    from fewshotpicker.training.common import load_mae
+    model, payload = load_mae(random_model, torch.device("cpu"), kinds=["finetuned"])
+    pre, bank = Preprocess(**payload["preprocess"]), Bank.from_payload(payload, "cpu")
+    image = np.random.default_rng(3).normal(size=(80, 90)).astype(np.float32)
+    maps = {p: score_micrograph(model, bank, image, pre, 6, torch.device("cpu"), 64, p).scores
+            for p in ("fp32", "bf16")}
+    assert maps["fp32"].shape == maps["bf16"].shape
+    assert np.abs(maps["fp32"] - maps["bf16"]).max() < 0.03
+    assert np.corrcoef(maps["fp32"].ravel(), maps["bf16"].ravel())[0, 1] > 0.95
