@@ -1,0 +1,92 @@
+"""Picking speed: seconds per micrograph, windows per second and achieved TFLOP/s.
+
+Times the real picking path (prepare, window views, encoder in batches,
+cosines to the bank, peaks) on one micrograph of a given size with a model
+of a given size. The weights are random: speed does not depend on them. The
+encoder's arithmetic is counted analytically, so the achieved TFLOP/s and its
+ratio to the device's peak are printed beside the wall time.
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import PickConfig
+from ..data.regions import Preprocess
+from ..device import resolve_device
+from ..models.mae import build_mae
+from ..picking.picker import default_stride, find_candidates
+from ..picking.scoring import Bank, score_micrograph
+
+# dense bf16 tensor-core peaks in TFLOP/s (vendor figures, no sparsity)
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0,
+               "RTX 4090": 165.0}
+
+
+def encoder_flops_per_window(model) -> float:
+    """Forward FLOPs of the encoder for one whole window (2 FLOPs per multiply-add).
+
+    Per block and token: QKV + projection + MLP = ``24 d^2`` (MLP ratio 4) and
+    attention ``4 n d`` for ``n`` tokens; plus the patch embedding.
+    """
+    c = model.cfg
+    n = model.num_patches + 1
+    blocks = c.depth * n * (24 * c.embed_dim ** 2 + 4 * n * c.embed_dim)
+    patch = 2 * model.num_patches * c.patch_size ** 2 * c.embed_dim
+    return float(blocks + patch)
+
+
+def device_peak_tflops(device: torch.device) -> Optional[float]:
+    """The bf16 peak of a known GPU, or None (CPUs, unknown GPUs)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: float = 180.0,
+                 stride: float = 0.0, device: str = "auto", batch: int = 1024, repeats: int = 3,
+                 compile: bool = False, bank_size: int = 60) -> dict:
+    """Median seconds of picking one ``size`` micrograph, with the derived rates."""
+    dev = resolve_device(device)
+    torch.manual_seed(0)
+    model = build_mae(model_size).to(dev).eval()
+    if compile:
+        model.embed = torch.compile(model.embed)
+    pre = Preprocess(box=box, img_size=model.cfg.img_size)
+    bank = Bank(F.normalize(torch.randn(model.cfg.embed_dim, bank_size, device=dev), dim=0),
+                torch.zeros(model.cfg.embed_dim, device=dev))
+    image = np.random.default_rng(0).normal(size=size).astype(np.float32)
+    stride = stride or default_stride(box)
+    cfg = PickConfig(stride=stride)
+
+    def once() -> tuple:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        start = time.perf_counter()
+        smap = score_micrograph(model, bank, image, pre, stride, dev, batch)
+        cands = find_candidates(smap, image.shape, box, cfg)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return time.perf_counter() - start, smap.scores.size, len(cands.scores)
+
+    once()  # warm-up: kernels, allocator, compilation
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    runs = [once() for _ in range(repeats)]
+    seconds = float(np.median([r[0] for r in runs]))
+    windows = runs[0][1]
+    tflops = windows * encoder_flops_per_window(model) / seconds / 1e12
+    peak = device_peak_tflops(dev)
+    return {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
+            f"cpu ({torch.get_num_threads()} threads)",
+            "model": model_size, "micrograph": f"{size[1]}x{size[0]}", "box": box,
+            "stride": round(stride, 2), "windows": windows, "s_per_mic": seconds,
+            "windows_per_s": windows / seconds, "tflops": tflops,
+            "peak_fraction": tflops / peak if peak else None,
+            "gpu_mb": torch.cuda.max_memory_allocated(dev) / 2 ** 20 if dev.type == "cuda"
+            else None, "candidates": runs[0][2]}
