@@ -45,8 +45,11 @@ def load_checkpoint(path: str | os.PathLike, kinds: Optional[Iterable[str]] = No
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path}: not a readable fewshotpicker checkpoint ({first}).") from None
+        reason = "not a torch file" if isinstance(exc, pickle.UnpicklingError) or \
+            "Weights only load failed" in str(exc) or "zip" in str(exc).lower() else \
+            (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise InputError(f"{path}: not a readable fewshotpicker checkpoint ({reason}).") \
+            from None
     if not isinstance(payload, dict) or "state_dict" not in payload or "kind" not in payload:
         raise InputError(f"{path}: is a torch file but not a fewshotpicker checkpoint "
                          f"(no state_dict/kind).")

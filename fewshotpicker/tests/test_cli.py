@@ -125,3 +125,24 @@ def test_demo_main_job_writes_picks_report_and_scores(tmp_path, capsys):
                  "pretrain/model.pt", "train/losses.png", "picks_example.png",
                  "picks/thresholds/mic_001.png", "evaluation_fewshot/precision_recall.png"):
         assert (tmp_path / path).exists(), path
+
+
+def test_inspect_describes_a_checkpoint_and_refuses_other_files(tmp_path, capsys):
+    import torch
+    from fewshotpicker.data.regions import Preprocess
+    from fewshotpicker.io.checkpoint import save_checkpoint
+    from fewshotpicker.models.mae import build_mae
+    from fewshotpicker.training.common import model_payload
+    save_checkpoint(tmp_path / "ft" / "model.pt",
+                    model_payload(build_mae("micro"), "finetuned", Preprocess(box=24, img_size=32),
+                                  {}, bank=torch.zeros(4, 64), n_exemplars=1))
+    assert main(["inspect", "--model", str(tmp_path / "ft"), "--out",
+                 str(tmp_path / "info.json")]) == 0
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert (info["kind"], info["size"], info["box"], info["img_size"], info["exemplars"]) == \
+        ("finetuned", "micro", 24.0, 32, 1)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    capsys.readouterr()
+    assert main(["inspect", "--model", str(tmp_path / "junk.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "junk.pt: not a readable fewshotpicker checkpoint" in err and "\n" not in err
