@@ -59,12 +59,13 @@ class Plugin(pwem.Plugin):
 
     @classmethod
     def runEngine(cls, protocol, command, configPath, extraArgs="", cwd=None):
-        """Run ``fewshotpicker <command> --config <configPath> [extraArgs]`` as a protocol job.
+        """Run ``fewshotpicker <command> [--config <configPath>] [extraArgs]`` as a protocol job.
 
         The engine's stdout/stderr go to the protocol's logs; a non-zero exit
         fails the step with the engine's one-sentence error in the log.
         """
-        args = f"{command} --config {shlex.quote(str(configPath))} {extraArgs}".strip()
+        config = f"--config {shlex.quote(str(configPath))} " if configPath else ""
+        args = f"{command} {config}{extraArgs}".strip()
         protocol.runJob(cls.getEngineProgram(), args, env=cls.getEnviron(), cwd=cwd,
                         numberOfMpi=1, numberOfThreads=1)
 

@@ -1,1 +1,5 @@
-"""Protocols of the plugin, one per file (they arrive with the engine stages they wrap)."""
+"""The plugin's protocols, one per file."""
+from .protocol_import_model import FewShotProtImportModel
+from .protocol_pick import FewShotProtPick
+from .protocol_pretrain import FewShotProtPretrain
+from .protocol_train import FewShotProtTrain

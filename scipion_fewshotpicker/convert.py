@@ -1,0 +1,84 @@
+"""Between Scipion sets and the engine's files: micrograph links, exemplar and pick STAR files.
+
+Micrographs are handed to the engine as links named ``mic_<objId>.mrc`` in a
+folder of the run, so names are unique whatever the input files are called,
+and picks come back as ``mic_<objId>_autopick.star``. Reading STAR files uses
+the engine's own reader (starfile + pandas); nothing here imports torch.
+"""
+import os
+
+from pwem.objects import Coordinate
+import pyworkflow.object as pwobj
+
+from .constants import RELION_ATTRS, SCORE_ATTR
+
+MIC_TEMPLATE = "mic_%06d"
+
+
+def micKey(mic):
+    """The engine-side name (stem) of a Scipion micrograph."""
+    return MIC_TEMPLATE % mic.getObjId()
+
+
+def linkMicrographs(mics, folder):
+    """Link every micrograph into ``folder`` as ``mic_<objId>.mrc``; returns the link paths.
+
+    The inputs are never touched; an existing link is replaced.
+    """
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for mic in mics:
+        link = os.path.join(folder, micKey(mic) + ".mrc")
+        if os.path.lexists(link):
+            os.remove(link)
+        os.symlink(os.path.abspath(mic.getFileName()), link)
+        paths.append(link)
+    return paths
+
+
+def exemplarRows(coords, micsByName, scale=1.0):
+    """``(micKey, x, y)`` of every exemplar whose micrograph is in ``micsByName``.
+
+    ``scale`` converts coordinates from the pixels of the micrographs they were
+    picked on to those of the training micrographs (their pixel-size ratio).
+    """
+    rows = []
+    for coord in coords.iterItems():
+        mic = micsByName.get(coord.getMicName())
+        if mic is not None:
+            rows.append((micKey(mic), coord.getX() * scale, coord.getY() * scale))
+    return rows
+
+
+def writeExemplarStar(rows, folder, path):
+    """Write exemplars as the engine reads them (micrograph paths under ``folder``)."""
+    import pandas as pd
+    from fewshotpicker.io.coordinates import write_coordinate_table
+    table = pd.DataFrame({"micrograph": [os.path.join(folder, k + ".mrc") for k, _, _ in rows],
+                          "x": [x for _, x, _ in rows], "y": [y for _, _, y in rows]})
+    write_coordinate_table(table, path)
+    return path
+
+
+def readPicks(starFile):
+    """``[(x, y, score)]`` of one ``_autopick.star`` file (micrograph pixels)."""
+    from fewshotpicker.io.coordinates import read_coordinates
+    if not os.path.exists(starFile):
+        return []
+    table = read_coordinates(starFile)
+    scores = table["score"] if "score" in table else [0.0] * len(table)
+    return list(zip(table["x"], table["y"], scores))
+
+
+def addPicks(coordSet, mic, picks):
+    """Append picks to ``coordSet`` with the score and the RELION attributes set."""
+    for x, y, score in picks:
+        coord = Coordinate()
+        coord.setMicrograph(mic)
+        coord.setPosition(int(round(x)), int(round(y)))
+        setattr(coord, SCORE_ATTR, pwobj.Float(score))
+        classNumber, fom, psi = RELION_ATTRS
+        setattr(coord, classNumber, pwobj.Integer(0))
+        setattr(coord, fom, pwobj.Float(score))
+        setattr(coord, psi, pwobj.Float(-999.0))
+        coordSet.append(coord)

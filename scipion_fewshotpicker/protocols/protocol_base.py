@@ -1,0 +1,52 @@
+"""What every protocol of this plugin shares: devices, engine configs, engine runs."""
+import json
+import os
+
+import pyworkflow.protocol.params as params
+
+from .. import Plugin
+
+MODEL_SIZES = ["tiny", "small", "base"]
+
+
+class FewShotProtBase:
+    """Mixin: GPU/CPU parameters, ``config.json`` writing and engine calls.
+
+    A protocol using it builds a dict of engine parameters, writes it with
+    :meth:`writeEngineConfig` and runs the engine with :meth:`runEngine`; the
+    numbers are all computed by the engine.
+    """
+
+    def _defineDeviceParams(self, form):
+        form.addHidden(params.USE_GPU, params.BooleanParam, default=True,
+                       label="Use GPU?",
+                       help="Run on the GPUs of the list below; if No, on the CPU "
+                            "(slow for the base model; fine for tiny).")
+        form.addHidden(params.GPU_LIST, params.StringParam, default="0",
+                       label="GPU IDs",
+                       help="GPUs to use, e.g. '0' or '0 1'. Picking shares the micrographs "
+                            "among all of them; training uses the first.")
+
+    def getDeviceSpec(self, single=False):
+        """The engine's --device value: 'cpu', or GPU ids such as '0,1'."""
+        if not self.useGpu.get():
+            return "cpu"
+        gpus = [str(g) for g in self.getGpuList()] or ["0"]
+        return gpus[0] if single else ",".join(gpus)
+
+    def writeEngineConfig(self, name, values):
+        """Write engine parameters to ``extra/<name>.json``; returns its path."""
+        path = self._getExtraPath(name + ".json")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(values, fh, indent=1)
+        os.replace(tmp, path)
+        return path
+
+    def runEngine(self, command, configPath, extraArgs=""):
+        Plugin.runEngine(self, command, configPath, extraArgs)
+
+    @staticmethod
+    def quote(paths):
+        import shlex
+        return " ".join(shlex.quote(str(p)) for p in paths)

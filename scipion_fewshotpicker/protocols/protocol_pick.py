@@ -1,0 +1,134 @@
+"""FewShotProtPick: pick every micrograph with a fine-tuned model, in streaming."""
+import os
+import shutil
+
+import pyworkflow.protocol.params as params
+import pyworkflow.utils as pwutils
+from pwem.protocols import ProtParticlePickingAuto
+
+from ..constants import MODEL_FINETUNED
+from ..convert import addPicks, linkMicrographs, micKey, readPicks
+from .protocol_base import FewShotProtBase
+
+THRESHOLDS = ["auto", "density", "fixed"]
+
+
+class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
+    """Pick particles: every window of each micrograph is scored against the exemplar
+    bank of a fine-tuned model (FewShotProtTrain), peaks at least a particle radius
+    apart are kept above a cutoff chosen per micrograph. Works in streaming: new
+    micrographs are picked in batches as they arrive. The figure of merit travels
+    to RELION and cryoSPARC with the coordinates.
+    """
+    _label = "pick"
+
+    def _defineParams(self, form):
+        ProtParticlePickingAuto._defineParams(self, form)
+        form.addParam("inputModel", params.PointerParam, pointerClass="FewShotModel",
+                      important=True, label="Fine-tuned model",
+                      help="The output of FewShotProtTrain (or an imported fine-tuned model).")
+        form.addParam("thresholdMode", params.EnumParam, choices=THRESHOLDS, default=0,
+                      label="Cutoff",
+                      help="auto: two-level Otsu of each micrograph's scores (recommended); "
+                           "density: CryoMAE's density-based cutoff; fixed: one score for all.")
+        form.addParam("threshold", params.FloatParam, default=0.5,
+                      condition="thresholdMode == 2", label="Score cutoff",
+                      help="Cosine similarity (-1..1) a pick must exceed.")
+        form.addParam("stride", params.FloatParam, default=0.0, label="Stride (px)",
+                      expertLevel=params.LEVEL_ADVANCED,
+                      help="Pixels between scored windows; 0 = a fifth of the box.")
+        form.addParam("minDistance", params.FloatParam, default=0.0,
+                      expertLevel=params.LEVEL_ADVANCED, label="Minimum distance (px)",
+                      help="Between two picks; 0 = the particle radius (half the box).")
+        form.addParam("batchSize", params.IntParam, default=1024,
+                      expertLevel=params.LEVEL_ADVANCED, label="Windows per batch",
+                      help="Encoder batch; halves by itself when the GPU runs out of memory.")
+        self._defineDeviceParams(form)
+        self._defineStreamingParams(form)
+        form.getParam("streamingBatchSize").setDefault(16)
+
+    # --------------------------- steps ---------------------------------------
+    def getBoxSize(self):
+        return self.inputModel.get().getBoxSize()
+
+    def _createSetOfCoordinates(self, micSet, suffix=""):
+        coordSet = ProtParticlePickingAuto._createSetOfCoordinates(self, micSet, suffix=suffix)
+        coordSet.setBoxSize(self.getBoxSize())
+        return coordSet
+
+    def getCoordsDir(self):
+        return self._getExtraPath("picks")
+
+    def _pickMicrograph(self, mic, *args):
+        self._pickMicrographList([mic], *args)
+
+    def _pickMicrographList(self, micList, *args):
+        if not micList:
+            return
+        batch = self._getTmpPath("batch_%s" % micKey(micList[0]))
+        pwutils.cleanPath(batch)
+        linkMicrographs(micList, os.path.join(batch, "micrographs"))
+        config = self.writeEngineConfig("pick", self._pickValues())
+        self.runEngine("pick", config, f"--micrographs {self.quote([batch + '/micrographs'])} "
+                                       f"--out {self.quote([batch + '/picks'])}")
+        self._collect(batch, micList)
+
+    def _pickValues(self):
+        mode = THRESHOLDS[self.thresholdMode.get()]
+        return {"model": self.inputModel.get().getPath(), "stride": self.stride.get(),
+                "min_distance": self.minDistance.get(),
+                "threshold": str(self.threshold.get()) if mode == "fixed" else mode,
+                "batch_size": self.batchSize.get(), "device": self.getDeviceSpec()}
+
+    def _collect(self, batch, micList):
+        """Move each micrograph's STAR file and threshold record into extra/ (atomic
+        renames), so readCoordsFromMics finds them and a continue never repeats them."""
+        for sub, suffix in (("picks", "_autopick.star"), ("picks/thresholds", ".json")):
+            dest = self._getExtraPath(sub.replace("picks/", ""))
+            os.makedirs(dest, exist_ok=True)
+            for mic in micList:
+                src = os.path.join(batch, sub, micKey(mic) + suffix)
+                if os.path.exists(src):
+                    shutil.move(src, os.path.join(dest, micKey(mic) + suffix))
+
+    def readCoordsFromMics(self, outputDir, micDoneList, outputCoords):
+        for mic in micDoneList:
+            star = os.path.join(self.getCoordsDir(), micKey(mic) + "_autopick.star")
+            addPicks(outputCoords, mic, readPicks(star))
+
+    # --------------------------- info ----------------------------------------
+    def _validate(self):
+        errors = []
+        model, mics = self.inputModel.get(), self.getInputMicrographs()
+        if model is None:
+            return ["A fine-tuned model is required."]
+        if model.getKind() != MODEL_FINETUNED:
+            errors.append(f"The model is a '{model.getKind()}' model; picking needs a "
+                          f"fine-tuned one (FewShotProtTrain).")
+        if mics is not None and mics.getSize():
+            x, y, _ = mics.getDim() or (0, 0, 0)
+            if x and model.getBoxSize() > min(x, y):
+                errors.append(f"The model's box ({model.getBoxSize()} px) is larger than the "
+                              f"micrographs ({x} x {y} px).")
+            sr = model.getSamplingRate()
+            if sr and abs(mics.getSamplingRate() - sr) > 0.02 * sr:
+                errors.append(f"The model was trained at {sr:.3f} Å/px, the micrographs are "
+                              f"at {mics.getSamplingRate():.3f} Å/px; train on this pixel size.")
+        return errors
+
+    def _summary(self):
+        if not self.hasAttribute("outputCoordinates"):
+            return ["No picks yet."]
+        coords = self.outputCoordinates
+        return [f"{coords.getSize()} particles picked, box {coords.getBoxSize()} px, "
+                f"cutoff {THRESHOLDS[self.thresholdMode.get()]}."]
+
+    def _methods(self):
+        return [f"Particles were picked by scoring every window (stride "
+                f"{self.stride.get() or 'a fifth of the box'} px) against the exemplar features "
+                f"of the fine-tuned encoder, keeping peaks above a per-micrograph "
+                f"{THRESHOLDS[self.thresholdMode.get()]} cutoff, following CryoMAE "
+                f"[Xu2024CryoMAE]."]
+
+    def _citations(self):
+        return ["Xu2024CryoMAE"]

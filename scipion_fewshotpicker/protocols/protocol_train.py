@@ -1,0 +1,157 @@
+"""FewShotProtTrain: fine-tune on about 15 exemplar particles (CryoMAE's PU-weighted SCS loss)."""
+import pyworkflow.protocol.params as params
+from pwem.protocols import ProtParticlePicking
+
+from ..constants import MODEL_FINETUNED, MODEL_PRETRAINED
+from ..convert import exemplarRows, linkMicrographs, writeExemplarStar
+from ..objects import FewShotModel
+from .protocol_base import MODEL_SIZES, FewShotProtBase
+
+MIN_EXEMPLARS = 3
+
+
+class FewShotProtTrain(ProtParticlePicking, FewShotProtBase):
+    """Fine-tune a pretrained MAE on a handful of exemplar particles (about 15 from one
+    micrograph, picked by hand or imported). The exemplars' features become the bank
+    that FewShotProtPick compares every window with. Micrographs without exemplars
+    are used as unlabeled data (positive-unlabeled learning).
+    """
+    _label = "train"
+    _possibleOutputs = {"outputModel": FewShotModel}
+
+    def _defineParams(self, form):
+        ProtParticlePicking._defineParams(self, form)
+        form.addParam("inputCoordinates", params.PointerParam, pointerClass="SetOfCoordinates",
+                      important=True, label="Exemplar coordinates",
+                      help="About 15 particles, e.g. from manual picking or an imported STAR "
+                           "file. They may lie on another set of micrographs of the same "
+                           "data (matched by micrograph name); a different pixel size is "
+                           "rescaled.")
+        form.addParam("inputModel", params.PointerParam, pointerClass="FewShotModel",
+                      allowsNull=True, label="Pretrained model",
+                      help="From FewShotProtPretrain (recommended). Empty: train from scratch.")
+        form.addParam("boxSize", params.IntParam, default=0, label="Box size (px)",
+                      help="Particle box in pixels of the input micrographs. 0: the box size "
+                           "of the exemplar coordinates (rescaled to these micrographs).")
+        form.addParam("modelSize", params.EnumParam, choices=MODEL_SIZES, default=0,
+                      condition="not inputModel", label="Model size",
+                      help="Only used without a pretrained model.")
+        form.addParam("steps", params.IntParam, default=300, validators=[params.Positive],
+                      label="Training steps",
+                      help="Optimisation steps; 300 suits the tiny model.")
+        form.addParam("prior", params.FloatParam, default=0.018, expertLevel=params.LEVEL_ADVANCED,
+                      label="Class prior (pi)",
+                      help="Probability that an unlabeled region holds a particle "
+                           "(0 = plain SCS loss).")
+        form.addParam("seed", params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
+                      label="Random seed")
+        self._defineDeviceParams(form)
+
+    # --------------------------- steps ---------------------------------------
+    def _insertAllSteps(self):
+        self._insertFunctionStep(self.convertInputStep.__name__)
+        self._insertFunctionStep(self.trainStep.__name__)
+        self._insertFunctionStep(self.createOutputStep.__name__)
+
+    def _micFolder(self):
+        return self._getExtraPath("micrographs")
+
+    def _modelFolder(self):
+        return self._getExtraPath("train")
+
+    def _exemplarStar(self):
+        return self._getExtraPath("exemplars.star")
+
+    def getScale(self):
+        """Pixels of the input micrographs per pixel of the exemplars' micrographs."""
+        coordMics = self.inputCoordinates.get().getMicrographs()
+        mine = self.getInputMicrographs().getSamplingRate()
+        return coordMics.getSamplingRate() / mine if coordMics is not None and mine else 1.0
+
+    def getBoxSize(self):
+        """The box in pixels of the input micrographs."""
+        if self.boxSize.get():
+            return self.boxSize.get()
+        return int(round(self.inputCoordinates.get().getBoxSize() * self.getScale()))
+
+    def _exemplarRows(self):
+        mics = {mic.getMicName(): mic.clone() for mic in self.getInputMicrographs()}
+        return exemplarRows(self.inputCoordinates.get(), mics, self.getScale())
+
+    def convertInputStep(self):
+        linkMicrographs(self.getInputMicrographs().iterItems(), self._micFolder())
+        writeExemplarStar(self._exemplarRows(), self._micFolder(), self._exemplarStar())
+
+    def trainStep(self):
+        values = {"box": float(self.getBoxSize()), "steps": self.steps.get(),
+                  "prior": self.prior.get(), "device": self.getDeviceSpec(single=True),
+                  "seed": self.seed.get()}
+        if self.inputModel.get() is not None:
+            values["pretrained"] = self.inputModel.get().getPath()
+        else:
+            values["model"] = MODEL_SIZES[self.modelSize.get()]
+        config = self.writeEngineConfig("train", values)
+        self.runEngine("train", config,
+                       f"--micrographs {self.quote([self._micFolder()])} "
+                       f"--exemplars {self.quote([self._exemplarStar()])} "
+                       f"--out {self.quote([self._modelFolder()])}")
+
+    def createOutputStep(self):
+        size = self.inputModel.get().getModelSize() if self.inputModel.get() else \
+            MODEL_SIZES[self.modelSize.get()]
+        model = FewShotModel(path=self._modelFolder(), kind=MODEL_FINETUNED, modelSize=size,
+                             boxSize=self.getBoxSize(),
+                             samplingRate=self.getInputMicrographs().getSamplingRate())
+        self._defineOutputs(outputModel=model)
+        self._defineSourceRelation(self.inputMicrographs, model)
+        self._defineSourceRelation(self.inputCoordinates, model)
+
+    # --------------------------- info ----------------------------------------
+    def _validate(self):
+        errors = []
+        mics, coords = self.getInputMicrographs(), self.inputCoordinates.get()
+        if mics is None or mics.getSize() == 0:
+            return ["The input set of micrographs is empty."]
+        if coords is None or coords.getSize() == 0:
+            return ["The exemplar coordinates are empty."]
+        n = len(self._exemplarRows())
+        if n < MIN_EXEMPLARS:
+            errors.append(f"Only {n} exemplar(s) lie on the input micrographs; at least "
+                          f"{MIN_EXEMPLARS} are needed (about 15 work best).")
+        box = self.getBoxSize()
+        x, y, _ = mics.getDim() or (0, 0, 0)
+        if not box:
+            errors.append("Set the box size: the exemplar coordinates carry none.")
+        elif x and box > min(x, y):
+            errors.append(f"The box ({box} px) is larger than the micrographs ({x} x {y} px).")
+        model = self.inputModel.get()
+        if model is not None and model.getKind() not in (MODEL_PRETRAINED, MODEL_FINETUNED):
+            errors.append(f"The model is a '{model.getKind()}' model; a pretrained (or "
+                          f"fine-tuned) picking model is needed.")
+        return errors
+
+    def _warnings(self):
+        model = self.inputModel.get()
+        if model is not None and model.getBoxSize() and \
+                abs(model.getBoxSize() - self.getBoxSize()) > 0.25 * self.getBoxSize():
+            return [f"The model was pretrained with {model.getBoxSize()} px regions, the box "
+                    f"here is {self.getBoxSize()} px; features work best at the same scale."]
+        return []
+
+    def _summary(self):
+        if self.inputCoordinates.get() is None:
+            return ["No exemplars yet."]
+        lines = [f"{len(self._exemplarRows())} exemplars, box {self.getBoxSize()} px, "
+                 f"{self.steps.get()} steps."]
+        if self.hasAttribute("outputModel"):
+            lines.append(f"Model: {self.outputModel.getPath()}")
+        return lines
+
+    def _methods(self):
+        return [f"The encoder was fine-tuned on {len(self._exemplarRows())} exemplar particles "
+                f"for {self.steps.get()} steps with the masked reconstruction loss plus the "
+                f"positive-unlabeled self-cross similarity loss of CryoMAE [Xu2024CryoMAE] "
+                f"(class prior {self.prior.get()}) [Kiryo2017nnPU]."]
+
+    def _citations(self):
+        return ["Xu2024CryoMAE", "Kiryo2017nnPU"]

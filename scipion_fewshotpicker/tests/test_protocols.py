@@ -1,0 +1,152 @@
+"""The few-shot workflow in real headless Scipion projects (CPU, tiny model, simulated data).
+
+import micrographs -> import exemplar coordinates -> pretrain -> train -> pick, then the
+output SetOfCoordinates is checked against the simulator's ground truth; the picks
+are exported with scipion-em-relion and the model is reused in a second project.
+"""
+import glob
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("pwem")
+pytest.importorskip("relion")
+
+from pwem.protocols import ProtImportCoordinates, ProtImportMicrographs  # noqa: E402
+from pyworkflow.tests import BaseTest, setupTestProject  # noqa: E402
+
+from fewshotpicker.config import MicrographSimConfig  # noqa: E402
+from fewshotpicker.data.synthetic import simulate_dataset  # noqa: E402
+from fewshotpicker.evaluate import evaluate_all  # noqa: E402
+from fewshotpicker.io.coordinates import micrograph_key, read_coordinates  # noqa: E402
+from scipion_fewshotpicker.constants import SCORE_ATTR  # noqa: E402
+from scipion_fewshotpicker.protocols import (FewShotProtImportModel, FewShotProtPick,  # noqa
+                                             FewShotProtPretrain, FewShotProtTrain)
+
+pytestmark = pytest.mark.scipion
+
+SIM = MicrographSimConfig(n_micrographs=3, shape=(320, 320), crowding=0.3, snr=1.0,
+                          ice_crystals=0.5, aggregates=0.5, carbon_edge=0.0, seed=11)
+
+
+def coordinates_table(coords, mics):
+    """A SetOfCoordinates as the engine's table (micrograph key, x, y, score)."""
+    names = {mic.getObjId(): micrograph_key(mic.getFileName()) for mic in mics}
+    rows = [(names[c.getMicId()], c.getX(), c.getY(), getattr(c, SCORE_ATTR).get())
+            for c in coords.iterItems()]
+    return pd.DataFrame(rows, columns=["micrograph", "x", "y", "score"])
+
+
+class TestFewShotWorkflow(BaseTest):
+    """The whole chain once (class set-up), then one assertion group per test."""
+
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+        cls.data = cls.getOutputPath("simulated")
+        cls.meta = simulate_dataset(SIM, cls.data)
+        cls.truth = read_coordinates(f"{cls.data}/truth.star")
+        cls.mics = cls._importMicrographs()
+        cls.exemplars = cls._importExemplars()
+        cls.pretrain = cls._launch(FewShotProtPretrain, inputMicrographs=[cls.mics],
+                                   boxSize=int(cls.meta["box_px"]), epochs=20,
+                                   regionsPerMicrograph=128, batchSize=64, useGpu=False)
+        cls.train = cls._launch(FewShotProtTrain, inputMicrographs=cls.mics,
+                                inputCoordinates=cls.exemplars,
+                                inputModel=cls.pretrain.outputModel, steps=100, useGpu=False)
+        cls.pick = cls._launch(FewShotProtPick, inputMicrographs=cls.mics,
+                               inputModel=cls.train.outputModel, useGpu=False)
+
+    @classmethod
+    def _launch(cls, protClass, **kwargs):
+        pointers = {k: v for k, v in kwargs.items() if hasattr(v, "getObjId") or
+                    isinstance(v, list)}
+        prot = cls.newProtocol(protClass, **{k: v for k, v in kwargs.items()
+                                             if k not in pointers})
+        for key, value in pointers.items():
+            if isinstance(value, list):
+                for item in value:
+                    getattr(prot, key).append(item)
+            else:
+                getattr(prot, key).set(value)
+        cls.launchProtocol(prot)
+        return prot
+
+    @classmethod
+    def _importMicrographs(cls):
+        prot = cls.newProtocol(ProtImportMicrographs, filesPath=f"{cls.data}/micrographs",
+                               filesPattern="mic_*.mrc", samplingRate=SIM.pixel_size,
+                               voltage=300.0, sphericalAberration=2.7, amplitudeContrast=0.07)
+        cls.launchProtocol(prot)
+        return prot.outputMicrographs
+
+    @classmethod
+    def _importExemplars(cls):
+        prot = cls.newProtocol(ProtImportCoordinates,
+                               importFrom=ProtImportCoordinates.IMPORT_FROM_RELION,
+                               filesPath=cls.data, filesPattern="exemplars.star",
+                               boxSize=cls.meta["box_px"])
+        prot.inputMicrographs.set(cls.mics)
+        cls.launchProtocol(prot)
+        return prot.outputCoordinates
+
+    def test_models_carry_kind_size_box_and_pixel_size(self):
+        pre, ft = self.pretrain.outputModel, self.train.outputModel
+        self.assertEqual((pre.getKind(), pre.getModelSize()), ("pretrained", "tiny"))
+        self.assertEqual(ft.getKind(), "finetuned")
+        self.assertEqual(ft.getBoxSize(), self.meta["box_px"])  # from the exemplars' box
+        self.assertAlmostEqual(ft.getSamplingRate(), SIM.pixel_size)
+        self.assertTrue(os.path.exists(ft.getCheckpoint()))
+
+    def test_picks_match_the_simulated_truth(self):
+        coords = self.pick.outputCoordinates
+        self.assertEqual(coords.getBoxSize(), self.meta["box_px"])
+        picks = coordinates_table(coords, self.mics)
+        n_truth = len(self.truth)
+        self.assertTrue(0.6 * n_truth <= len(picks) <= 1.4 * n_truth, (len(picks), n_truth))
+        report = evaluate_all(picks, self.truth, self.meta["box_px"], ("cryomae",),
+                              micrographs=[m.getFileName() for m in self.mics])
+        f1 = report["conventions"]["cryomae"]["pooled"]["f1"]
+        self.assertGreater(f1, 0.6, report["conventions"]["cryomae"]["pooled"])
+        self.assertTrue(((picks["score"] > -1) & (picks["score"] <= 1)).all())
+        # every micrograph picked exactly once
+        self.assertEqual(len(glob.glob(self.pick._getExtraPath("picks", "*_autopick.star"))),
+                         self.mics.getSize())
+
+    def test_relion_export_keeps_our_scores_as_figure_of_merit(self):
+        from relion.protocols import ProtRelionExportCoordinates
+        import starfile
+        prot = self.newProtocol(ProtRelionExportCoordinates)
+        prot.inputCoordinates.set(self.pick.outputCoordinates)
+        self.launchProtocol(prot)
+        ours = coordinates_table(self.pick.outputCoordinates, self.mics)
+        exported = []
+        for path in sorted(glob.glob(os.path.join(prot._getPath("Export"), "*_coords.star"))):
+            table = starfile.read(path)
+            exported.append(table.assign(micrograph=micrograph_key(path).replace("_coords", "")))
+        exported = pd.concat(exported, ignore_index=True)
+        self.assertEqual(len(exported), len(ours))
+        got = exported.sort_values(["micrograph", "rlnCoordinateX", "rlnCoordinateY"])
+        want = ours.sort_values(["micrograph", "x", "y"])
+        np.testing.assert_allclose(got["rlnAutopickFigureOfMerit"].to_numpy(),
+                                   want["score"].to_numpy(), atol=1e-5)
+        np.testing.assert_allclose(got["rlnCoordinateX"].to_numpy(), want["x"].to_numpy())
+
+    def test_model_is_reused_in_another_project_through_import(self):
+        source = self.train.outputModel.getPath()
+        before = os.path.getmtime(os.path.join(source, "model.pt"))
+        prot = self.newProtocol(FewShotProtImportModel, modelPath=source,
+                                samplingRate=SIM.pixel_size)
+        self.launchProtocol(prot)
+        model = prot.outputModel
+        self.assertEqual((model.getKind(), model.getModelSize(), model.getBoxSize()),
+                         ("finetuned", "tiny", self.meta["box_px"]))
+        self.assertNotEqual(model.getPath(), source)
+        self.assertEqual(os.path.getmtime(os.path.join(source, "model.pt")), before)
+        pick = self._launch(FewShotProtPick, inputMicrographs=self.mics, inputModel=model,
+                            useGpu=False)
+        again = coordinates_table(pick.outputCoordinates, self.mics)
+        first = coordinates_table(self.pick.outputCoordinates, self.mics)
+        self.assertEqual(len(again), len(first))
