@@ -40,7 +40,9 @@ class FewShotProtPretrain(EMProtocol, FewShotProtBase):
                       label="Batch size", expertLevel=params.LEVEL_ADVANCED,
                       help="Regions per optimisation step.")
         form.addParam("seed", params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
-                      label="Random seed")
+                      label="Random seed",
+                      help="Seeds every random choice; the same seed and inputs give the same "
+                           "model.")
         self._defineDeviceParams(form)
 
     def _insertAllSteps(self):

@@ -44,7 +44,9 @@ class FewShotProtTrain(ProtParticlePicking, FewShotProtBase):
                       help="Probability that an unlabeled region holds a particle "
                            "(0 = plain SCS loss).")
         form.addParam("seed", params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
-                      label="Random seed")
+                      label="Random seed",
+                      help="Seeds every random choice; the same seed and inputs give the same "
+                           "model.")
         self._defineDeviceParams(form)
 
     # --------------------------- steps ---------------------------------------

@@ -41,3 +41,34 @@ def test_fewshot_model_object_round_trips_its_attributes():
     assert copy.getCheckpoint() == "/runs/ft/model.pt"
     assert (copy.getKind(), copy.getModelSize(), copy.getBoxSize(), copy.getSamplingRate()) \
         == ("finetuned", "tiny", 40, 5.0)
+
+
+def test_protocols_are_registered_and_listed_under_picking():
+    import configparser
+    import json
+    from pyworkflow.plugin import Domain
+    import scipion_fewshotpicker
+    names = {"FewShotProtPretrain", "FewShotProtTrain", "FewShotProtPick",
+             "FewShotProtImportModel"}
+    assert names <= set(Domain.getProtocols())
+    conf = configparser.ConfigParser()
+    conf.optionxform = str
+    conf.read(os.path.join(os.path.dirname(scipion_fewshotpicker.__file__), "protocols.conf"))
+    tree = json.loads(conf["PROTOCOLS"]["Protocols SPA"])
+    picking = tree[0]["children"][0]
+    assert (tree[0]["text"], picking["text"]) == ("Particles", "Picking")
+    assert {p["value"] for p in picking["children"]} == names
+
+
+def test_every_protocol_parameter_has_help():
+    from scipion_fewshotpicker.protocols import (FewShotProtImportModel, FewShotProtPick,
+                                                 FewShotProtPretrain, FewShotProtTrain)
+    for cls in (FewShotProtPretrain, FewShotProtTrain, FewShotProtPick, FewShotProtImportModel):
+        prot = cls()
+        ours = [name for name, param in prot.iterDefinitionAttributes()
+                if name[0].islower() and not name.startswith("streaming") and
+                name not in ("inputMicrographs", "hostName", "numberOfThreads", "numberOfMpi",
+                             "runName", "runMode", "comment", "useQueue", "queueParams")]
+        for name in ours:
+            param = prot.getParam(name)
+            assert param.help.get(), f"{cls.__name__}.{name} has no help"
