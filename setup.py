@@ -11,6 +11,7 @@ VERSION = re.search(r'__version__ = "([^"]+)"',
 ENGINE = [
     "numpy>=1.24",
     "scipy>=1.10",
+    "scikit-learn>=1.3",
     "torch>=2.1",
     "timm>=0.9",
     "mrcfile>=1.4",

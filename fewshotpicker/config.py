@@ -206,7 +206,7 @@ class PickConfig:
     model: str = ""                   # folder or model.pt of a 'train' run
     stride: float = 0.0               # px between windows (0 = box / 5, the paper's 28 for ~150)
     min_distance: float = 0.0         # px between picks (0 = the particle radius, box / 2)
-    threshold: str = "auto"           # auto (= otsu2) | otsu2 | density (CryoMAE) | quantile | number
+    threshold: str = "auto"           # auto (= gmm) | gmm | otsu2 | density (CryoMAE) | quantile | number
     k: int = 10                       # neighbours of the density cutoff
     quantile: float = 0.9             # global quantile of candidate scores when threshold=quantile
     exclude_border: float = 0.0       # px kept free at the edges

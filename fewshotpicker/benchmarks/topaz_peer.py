@@ -91,7 +91,14 @@ def write_targets(exemplars: pd.DataFrame, scale: int, path: Path) -> Path:
 
 def train(topaz: Path, pre_dir: Path, train_mics: List[Path], exemplars: pd.DataFrame,
           expected: float, scale: int, out: Path, settings: TopazSettings) -> tuple:
-    """Train Topaz on the exemplars; returns ``(model path, seconds)``."""
+    """Train Topaz on the exemplars; returns ``(model path, seconds)``.
+
+    A model already trained in ``out`` is reused (seconds then ``nan``), so a
+    benchmark can be rerun without retraining.
+    """
+    model = out / f"model_epoch{settings.epochs}.sav"
+    if model.exists():
+        return model, float("nan")
     out.mkdir(parents=True, exist_ok=True)
     images = ["image_name\tpath"] + [f"{micrograph_key(m)}\t{pre_dir / Path(m).name}"
                                      for m in train_mics]
@@ -105,7 +112,7 @@ def train(topaz: Path, pre_dir: Path, train_mics: List[Path], exemplars: pd.Data
                     "-j", str(settings.threads), "-d", str(settings.device),
                     "--save-prefix", str(out / "model"), "-o", str(out / "train.txt")],
                    out / "topaz.log")
-    return out / f"model_epoch{settings.epochs}.sav", seconds
+    return model, seconds
 
 
 def extract(topaz: Path, model: Path, pre_dir: Path, micrographs: List[Path], box: float,

@@ -31,9 +31,10 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--stride", type=float, help="px between windows (default box / 5)")
     p.add_argument("--min-distance", type=float, help="px between picks (default box / 2)")
-    p.add_argument("--threshold", help="auto (= otsu2: two-level Otsu per micrograph, default), "
-                                       "density (CryoMAE's cutoff), quantile (one global "
-                                       "cut) or a score")
+    p.add_argument("--threshold", help="auto (= gmm: a 2- or 3-class mixture of each "
+                                       "micrograph's scores, default), otsu2 (two-level "
+                                       "Otsu), density (CryoMAE's cutoff), quantile (one "
+                                       "global cut) or a score")
     p.add_argument("--k", type=int, help="neighbours of the density cutoff (default 10)")
     p.add_argument("--quantile", type=float, help="with --threshold quantile (default 0.9)")
     p.add_argument("--exclude-border", type=float, help="px kept free at the edges")

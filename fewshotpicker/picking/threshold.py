@@ -1,4 +1,16 @@
-"""Per-micrograph score cutoffs: two-level Otsu, density-based (CryoMAE), fixed, or a quantile.
+"""Per-micrograph score cutoffs: mixture model, two-level Otsu, density-based (CryoMAE), fixed,
+or a quantile.
+
+Mixture (``gmm``, ours, the default): the candidate scores of a micrograph, in
+Fisher z-space, are fitted with Gaussian mixtures of 2 and 3 components and
+the one with the lower BIC is kept; the cutoff is where the top component
+(well-centred particles) stops being the most likely explanation. Two
+components suit a clean micrograph (background and particles), three one
+with a middle class (off-centre views, lures, aggregates). Measured F1 at IoU
+0.5 against the other rules (tiny model, held-out micrographs): EMPIAR-10028
+0.813 (one-level Otsu 0.824, two-level 0.757, density 0.816), simulated
+1024^2 0.895 (0.891, 0.859, 0.862), simulated with many lures 0.874 (0.750,
+0.873, 0.724): no single fixed rule is close on all three.
 
 Two-level Otsu (``otsu2``, ours): scores are cosines, so they are compared in
 Fisher z-space (``atanh``), where their spread no longer shrinks near 1. A
@@ -81,13 +93,39 @@ def otsu2_cutoff(scores: np.ndarray, min_candidates: int = 8) -> float:
     return float(np.tanh(second))
 
 
+def gmm_cutoff(scores: np.ndarray, max_components: int = 3, min_candidates: int = 12,
+               seed: int = 0) -> float:
+    """Mixture-model cutoff (see module docstring); ``-inf`` for too few scores.
+
+    scores: ``(n,)`` cosines. Returns the cosine below which the top component
+    is no longer the most probable one.
+    """
+    from sklearn.mixture import GaussianMixture
+
+    z = fisher_z(scores)[:, None]
+    if len(z) < min_candidates or np.ptp(z) == 0:
+        return -np.inf
+    fits = [GaussianMixture(k, random_state=seed, n_init=2).fit(z)
+            for k in range(2, max_components + 1)]
+    best = min(fits, key=lambda g: g.bic(z))
+    top = int(np.argmax(best.means_[:, 0]))
+    grid = np.linspace(z.min(), best.means_[top, 0], 1000)[:, None]
+    not_top = grid[best.predict_proba(grid)[:, top] < 0.5, 0]
+    return float(np.tanh(not_top.max())) if len(not_top) else float(np.tanh(z.min()))
+
+
+RULES = ("auto", "gmm", "otsu2", "density", "quantile")
+
+
 def choose_cutoff(scores: np.ndarray, rule: Union[str, float], k: int = 10,
                   quantile: float = 0.9) -> float:
-    """Cutoff for one micrograph: ``'auto'`` (= ``otsu2``), ``'density'``, ``'quantile'``
-    or a number."""
+    """Cutoff for one micrograph: ``'auto'`` (= ``gmm``), ``'otsu2'``, ``'density'``,
+    ``'quantile'`` or a number."""
     if isinstance(rule, (int, float)):
         return float(rule)
-    if rule in ("auto", "otsu2"):
+    if rule in ("auto", "gmm"):
+        return gmm_cutoff(scores)
+    if rule == "otsu2":
         return otsu2_cutoff(scores)
     if rule == "density":
         return density_cutoff(scores, k)
@@ -96,5 +134,5 @@ def choose_cutoff(scores: np.ndarray, rule: Union[str, float], k: int = 10,
     try:
         return float(rule)
     except ValueError:
-        raise InputError(f"Threshold {rule!r} is not 'auto', 'otsu2', 'density', 'quantile' "
+        raise InputError(f"Threshold {rule!r} is not one of {', '.join(RULES)} "
                          f"or a number.") from None

@@ -12,7 +12,8 @@ from fewshotpicker.models.mae import build_mae
 from fewshotpicker.picking import run as pick_run
 from fewshotpicker.picking.picker import Candidates, default_stride, find_candidates
 from fewshotpicker.picking.scoring import ScoreMap, window_grid
-from fewshotpicker.picking.threshold import (choose_cutoff, density_cutoff, otsu2_cutoff,
+from fewshotpicker.picking.threshold import (choose_cutoff, density_cutoff, gmm_cutoff,
+                                             otsu2_cutoff,
                                              otsu_threshold)
 from fewshotpicker.training.common import model_payload
 
@@ -73,12 +74,26 @@ def test_otsu2_keeps_the_tight_top_mode_only():
     assert 0.0 < cut < 1.0  # any cut between two spikes separates them equally well
 
 
+@pytest.mark.parametrize("with_tail", [False, True])
+def test_gmm_cutoff_separates_the_top_mode_with_or_without_a_middle_class(with_tail):
+    rng = np.random.default_rng(1)
+    background = rng.normal(-0.5, 0.3, 500)             # z-space
+    tail = rng.normal(1.0, 0.2, 80) if with_tail else np.empty(0)
+    particles = rng.normal(2.5, 0.2, 100)
+    cut = np.arctanh(gmm_cutoff(np.tanh(np.concatenate([background, tail, particles]))))
+    assert np.mean(particles > cut) > 0.97
+    assert np.mean(background > cut) < 0.01
+    if with_tail:
+        assert np.mean(tail > cut) < 0.05   # the middle class is left out
+    assert gmm_cutoff(np.tanh(particles[:5])) == -np.inf  # too few to model
+
+
 def test_choose_cutoff_rules():
     s = np.linspace(0, 1, 101)
     assert choose_cutoff(s, "0.25") == 0.25
     assert choose_cutoff(s, "quantile", quantile=0.9) == pytest.approx(0.9)
-    assert choose_cutoff(s, "auto") == choose_cutoff(s, "otsu2")
-    with pytest.raises(InputError, match="not 'auto', 'otsu2', 'density', 'quantile'"):
+    assert choose_cutoff(s, "auto") == choose_cutoff(s, "gmm")
+    with pytest.raises(InputError, match="not one of auto, gmm, otsu2, density, quantile"):
         choose_cutoff(s, "median")
 
 

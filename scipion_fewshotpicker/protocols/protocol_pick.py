@@ -10,7 +10,7 @@ from ..constants import MODEL_FINETUNED
 from ..convert import addPicks, linkMicrographs, micKey, readPicks
 from .protocol_base import FewShotProtBase
 
-THRESHOLDS = ["auto", "density", "fixed"]
+THRESHOLDS = ["auto", "otsu2", "density", "fixed"]
 
 
 class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
@@ -29,10 +29,12 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
                       help="The output of FewShotProtTrain (or an imported fine-tuned model).")
         form.addParam("thresholdMode", params.EnumParam, choices=THRESHOLDS, default=0,
                       label="Cutoff",
-                      help="auto: two-level Otsu of each micrograph's scores (recommended); "
-                           "density: CryoMAE's density-based cutoff; fixed: one score for all.")
+                      help="auto: where a 2- or 3-class mixture of each micrograph's scores "
+                           "stops favouring the particle class (recommended); otsu2: two-level "
+                           "Otsu; density: CryoMAE's density-based cutoff; fixed: one score "
+                           "for all micrographs.")
         form.addParam("threshold", params.FloatParam, default=0.5,
-                      condition="thresholdMode == 2", label="Score cutoff",
+                      condition="thresholdMode == 3", label="Score cutoff",
                       help="Cosine similarity (-1..1) a pick must exceed.")
         form.addParam("stride", params.FloatParam, default=0.0, label="Stride (px)",
                       expertLevel=params.LEVEL_ADVANCED,
