@@ -187,6 +187,7 @@ def separation(bank: torch.Tensor, background: torch.Tensor,
 def finetune(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame, out_dir: Path,
              source: str = "exemplars", progress: Optional[Callable] = None) -> dict:
     """Fine-tune on exemplars; writes ``model.pt`` (with the feature bank) and curves."""
+    out_dir, micrographs = Path(out_dir), [Path(m) for m in micrographs]
     if cfg.box <= 0:
         raise InputError("The particle box size (--box, px) is required for training.")
     if len(exemplars) < MIN_EXEMPLARS:

@@ -42,6 +42,7 @@ def pretrain_step_fn(model, bank: torch.Tensor, cfg: PretrainConfig, device: tor
 def pretrain(cfg: PretrainConfig, micrographs: List[Path], out_dir: Path,
              progress: Optional[Callable] = None) -> dict:
     """Pretrain an MAE; writes ``model.pt``, ``checkpoint.pt``, ``losses.json/png``."""
+    out_dir, micrographs = Path(out_dir), [Path(m) for m in micrographs]
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = build_mae(cfg.model).to(device)
