@@ -20,6 +20,7 @@ class Candidates:
     score_map: ScoreMap
     cutoff: float = -np.inf
     seconds: float = 0.0      # reading, scoring and peak finding of this micrograph
+    box: float = 0.0          # particle box, px (for plots)
 
     def kept(self) -> tuple:
         """Positions and scores above the cutoff."""
@@ -47,7 +48,7 @@ def find_candidates(score_map: ScoreMap, shape: tuple, box: float, cfg: PickConf
     margin = cfg.exclude_border
     inside = (xy[:, 0] >= margin) & (xy[:, 0] <= w - 1 - margin) & \
         (xy[:, 1] >= margin) & (xy[:, 1] <= h - 1 - margin)
-    return Candidates(xy[inside], scores[inside], score_map)
+    return Candidates(xy[inside], scores[inside], score_map, box=box)
 
 
 def pick_micrograph(model, bank, image: np.ndarray, pre: Preprocess, cfg: PickConfig,

@@ -29,7 +29,7 @@ from ..io.coordinates import (empty_coordinates, make_coordinates, micrograph_ke
 from ..io.mrc import read_image
 from ..training.common import load_mae
 from .picker import Candidates, pick_micrograph
-from .plots import plot_score_histogram
+from .plots import plot_picks, plot_score_histogram
 from .scoring import Bank
 
 log = logging.getLogger("fewshotpicker")
@@ -139,6 +139,9 @@ def write_pick_outputs(results: Dict[str, object], cfg: PickConfig, out_dir: Pat
         if cfg.plots:
             plot_score_histogram(res.scores, res.cutoff, out_dir / "thresholds" / f"{key}.png",
                                  key)
+            plot_picks(read_image(name).data, res.score_map, xy, res.box,
+                       out_dir / "thresholds" / f"{key}_picks.png",
+                       title=f"{key}: {len(xy)} picks above {res.cutoff:.3f}")
         summary[name] = {"picks": record["picks"], "cutoff": res.cutoff,
                          "seconds": round(res.seconds, 3)}
     frames = [f for f in frames if len(f)]

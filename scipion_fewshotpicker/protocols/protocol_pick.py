@@ -80,12 +80,14 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
         return {"model": self.inputModel.get().getPath(), "stride": self.stride.get(),
                 "min_distance": self.minDistance.get(),
                 "threshold": str(self.threshold.get()) if mode == "fixed" else mode,
-                "batch_size": self.batchSize.get(), "device": self.getDeviceSpec()}
+                "batch_size": self.batchSize.get(), "device": self.getDeviceSpec(),
+                "plots": True}
 
     def _collect(self, batch, micList):
         """Move each micrograph's STAR file and threshold record into extra/ (atomic
         renames), so readCoordsFromMics finds them and a continue never repeats them."""
-        for sub, suffix in (("picks", "_autopick.star"), ("picks/thresholds", ".json")):
+        for sub, suffix in (("picks", "_autopick.star"), ("picks/thresholds", ".json"),
+                            ("picks/thresholds", ".png"), ("picks/thresholds", "_picks.png")):
             dest = self._getExtraPath(sub.replace("picks/", ""))
             os.makedirs(dest, exist_ok=True)
             for mic in micList:

@@ -115,6 +115,19 @@ class TestFewShotWorkflow(BaseTest):
         self.assertEqual(len(glob.glob(self.pick._getExtraPath("picks", "*_autopick.star"))),
                          self.mics.getSize())
 
+    def test_viewers_show_the_figures_the_engine_drew(self):
+        from pyworkflow.gui.plotter import Plotter
+        from scipion_fewshotpicker.viewers import FewShotCurvesViewer, FewShotPicksViewer
+        Plotter.setBackend("Agg")
+        curves = FewShotCurvesViewer(project=self.proj)._visualize(self.train)
+        self.assertGreater(curves[0].getFigure().axes[0].images[0].get_array().shape[0], 100)
+        viewer = FewShotPicksViewer(project=self.proj, protocol=self.pick)
+        viewer.micIndex.set(2)
+        self.assertTrue(viewer.figurePath("_picks.png").endswith("mic_000002_picks.png"))
+        for name in ("doShowPicks", "doShowHistogram"):
+            plot = viewer._getVisualizeDict()[name]()[0]
+            self.assertGreater(plot.getFigure().axes[0].images[0].get_array().shape[1], 100)
+
     def test_relion_export_keeps_our_scores_as_figure_of_merit(self):
         from relion.protocols import ProtRelionExportCoordinates
         import starfile

@@ -1,0 +1,3 @@
+"""Viewers: figures the engine drew (loss curves, picks on the score map, score histograms)."""
+from .viewer_curves import FewShotCurvesViewer
+from .viewer_picks import FewShotPicksViewer
