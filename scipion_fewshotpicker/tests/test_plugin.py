@@ -72,3 +72,13 @@ def test_every_protocol_parameter_has_help():
         for name in ours:
             param = prot.getParam(name)
             assert param.help.get(), f"{cls.__name__}.{name} has no help"
+
+
+def test_exemplar_rows_are_rescaled_and_matched_by_micrograph_name():
+    from types import SimpleNamespace as NS
+    from scipion_fewshotpicker.convert import exemplarRows
+    coords = [NS(getMicName=lambda: "a.mrc", getX=lambda: 10, getY=lambda: 20),
+              NS(getMicName=lambda: "elsewhere.mrc", getX=lambda: 1, getY=lambda: 1)]
+    mics = {"a.mrc": NS(getObjId=lambda: 7)}
+    rows = exemplarRows(NS(iterItems=lambda: iter(coords)), mics, scale=2.5)
+    assert rows == [("mic_000007", 25.0, 50.0)]  # picked at 2.5x the training pixel size

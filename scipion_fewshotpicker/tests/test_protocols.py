@@ -115,6 +115,22 @@ class TestFewShotWorkflow(BaseTest):
         self.assertEqual(len(glob.glob(self.pick._getExtraPath("picks", "*_autopick.star"))),
                          self.mics.getSize())
 
+    def test_box_size_wizard_reads_the_exemplars_box(self):
+        from scipion_fewshotpicker.wizards import FewShotBoxSizeWizard
+        prot = self.newProtocol(FewShotProtTrain)
+        prot.inputMicrographs.set(self.mics)
+        prot.inputCoordinates.set(self.exemplars)
+
+        class Form:
+            protocol, values = prot, {}
+
+            def setVar(self, key, value):
+                self.values[key] = value
+
+        form = Form()
+        FewShotBoxSizeWizard().show(form)
+        self.assertEqual(form.values, {"boxSize": self.meta["box_px"]})
+
     def test_viewers_show_the_figures_the_engine_drew(self):
         from pyworkflow.gui.plotter import Plotter
         from scipion_fewshotpicker.viewers import FewShotCurvesViewer, FewShotPicksViewer
