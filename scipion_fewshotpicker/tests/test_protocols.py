@@ -137,9 +137,12 @@ class TestFewShotWorkflow(BaseTest):
         Plotter.setBackend("Agg")
         curves = FewShotCurvesViewer(project=self.proj)._visualize(self.train)
         self.assertGreater(curves[0].getFigure().axes[0].images[0].get_array().shape[0], 100)
-        viewer = FewShotPicksViewer(project=self.proj, protocol=self.pick)
+        viewer = FewShotPicksViewer(project=self.proj)
+        viewer.setProtocol(self.pick)  # what the GUI does before showing the form
         viewer.micIndex.set(2)
-        self.assertTrue(viewer.figurePath("_picks.png").endswith("mic_000002_picks.png"))
+        second = list(self.pick.getInputMicrographs().iterItems())[1]
+        self.assertTrue(viewer.figurePath("_picks.png").endswith(
+            "mic_%06d_picks.png" % second.getObjId()))
         for name in ("doShowPicks", "doShowHistogram"):
             plot = viewer._getVisualizeDict()[name]()[0]
             self.assertGreater(plot.getFigure().axes[0].images[0].get_array().shape[1], 100)
