@@ -1,6 +1,7 @@
 """What every protocol of this plugin shares: devices, engine configs, engine runs."""
 import json
 import os
+import shutil
 
 import pyworkflow.protocol.params as params
 
@@ -33,6 +34,14 @@ class FewShotProtBase:
             return "cpu"
         gpus = [str(g) for g in self.getGpuList()] or ["0"]
         return gpus[0] if single else ",".join(gpus)
+
+    def validateDevice(self):
+        """Errors about the device: GPUs asked for on a machine without any (unless the
+        job goes to a queue, whose nodes may have them)."""
+        if self.useGpu.get() and not self.useQueue() and shutil.which("nvidia-smi") is None:
+            return ["No NVIDIA GPU found on this machine (nvidia-smi is missing): set "
+                    "'Use GPU' to No to run on the CPU, or send the job to a GPU queue."]
+        return []
 
     def writeEngineConfig(self, name, values):
         """Write engine parameters to ``extra/<name>.json``; returns its path."""

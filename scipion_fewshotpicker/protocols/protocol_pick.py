@@ -1,11 +1,14 @@
 """FewShotProtPick: pick every micrograph with a fine-tuned model, in streaming."""
+import json
 import os
 import shutil
+import subprocess
 
 import pyworkflow.protocol.params as params
 import pyworkflow.utils as pwutils
 from pwem.protocols import ProtParticlePickingAuto
 
+from .. import Plugin
 from ..constants import MODEL_FINETUNED
 from ..convert import addPicks, linkMicrographs, micKey, readPicks
 from .protocol_base import FewShotProtBase
@@ -95,6 +98,34 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
                 if os.path.exists(src):
                     shutil.move(src, os.path.join(dest, micKey(mic) + suffix))
 
+    def previewPicks(self, micIndex, threshold, outDir):
+        """Pick one micrograph (its position in the input set, from 1) at a cutoff, now and
+        outside the protocol's run (for the threshold wizard).
+
+        Returns the engine's figures and counts: ``{"picks_png", "histogram_png",
+        "picks", "cutoff"}``.
+        """
+        mics = list(self.getInputMicrographs().iterItems())
+        mic = mics[max(1, min(micIndex, len(mics))) - 1]
+        linkMicrographs([mic], os.path.join(outDir, "micrographs"))
+        values = dict(self._pickValues(), threshold=str(threshold), device="cpu")
+        config = os.path.join(outDir, "preview.json")
+        with open(config, "w") as fh:
+            json.dump(values, fh)
+        cmd = (f"{Plugin.getEngineProgram()} pick --config {self.quote([config])} "
+               f"--micrographs {self.quote([outDir + '/micrographs'])} "
+               f"--out {self.quote([outDir + '/picks'])}")
+        done = subprocess.run(cmd, shell=True, env=Plugin.getEnviron(), capture_output=True,
+                              text=True)
+        if done.returncode:
+            raise RuntimeError((done.stderr.strip().splitlines() or ["engine failed"])[-1])
+        folder = os.path.join(outDir, "picks", "thresholds")
+        with open(os.path.join(folder, micKey(mic) + ".json")) as fh:
+            record = json.load(fh)
+        return {"picks_png": os.path.join(folder, micKey(mic) + "_picks.png"),
+                "histogram_png": os.path.join(folder, micKey(mic) + ".png"),
+                "picks": record["picks"], "cutoff": record["cutoff"]}
+
     def readCoordsFromMics(self, outputDir, micDoneList, outputCoords):
         for mic in micDoneList:
             star = os.path.join(self.getCoordsDir(), micKey(mic) + "_autopick.star")
@@ -102,7 +133,7 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
 
     # --------------------------- info ----------------------------------------
     def _validate(self):
-        errors = []
+        errors = self.validateDevice()
         model, mics = self.inputModel.get(), self.getInputMicrographs()
         if model is None:
             return ["A fine-tuned model is required."]

@@ -83,7 +83,7 @@ class FewShotProtPretrain(EMProtocol, FewShotProtBase):
             self._defineSourceRelation(pointer, model)
 
     def _validate(self):
-        errors = []
+        errors = self.validateDevice()
         for pointer in self.inputMicrographs:
             mics = pointer.get()
             if mics is None or mics.getSize() == 0:

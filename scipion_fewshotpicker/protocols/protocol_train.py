@@ -110,7 +110,7 @@ class FewShotProtTrain(ProtParticlePicking, FewShotProtBase):
 
     # --------------------------- info ----------------------------------------
     def _validate(self):
-        errors = []
+        errors = self.validateDevice()
         mics, coords = self.getInputMicrographs(), self.inputCoordinates.get()
         if mics is None or mics.getSize() == 0:
             return ["The input set of micrographs is empty."]

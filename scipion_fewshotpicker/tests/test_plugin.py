@@ -82,3 +82,18 @@ def test_exemplar_rows_are_rescaled_and_matched_by_micrograph_name():
     mics = {"a.mrc": NS(getObjId=lambda: 7)}
     rows = exemplarRows(NS(iterItems=lambda: iter(coords)), mics, scale=2.5)
     assert rows == [("mic_000007", 25.0, 50.0)]  # picked at 2.5x the training pixel size
+
+
+def test_asking_for_a_gpu_on_a_machine_without_one_is_refused(monkeypatch):
+    from scipion_fewshotpicker.protocols import FewShotProtPick, protocol_base
+    monkeypatch.setattr(protocol_base.shutil, "which", lambda name: None)
+    prot = FewShotProtPick()
+    prot.useGpu.set(True)
+    errors = prot.validateDevice()
+    assert len(errors) == 1 and "set 'Use GPU' to No" in errors[0]
+    prot.useGpu.set(False)
+    assert prot.validateDevice() == [] and prot.getDeviceSpec() == "cpu"
+    monkeypatch.setattr(protocol_base.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    prot.useGpu.set(True)
+    prot.gpuList.set("0 1")
+    assert prot.validateDevice() == [] and prot.getDeviceSpec() == "0,1"

@@ -131,6 +131,15 @@ class TestFewShotWorkflow(BaseTest):
         FewShotBoxSizeWizard().show(form)
         self.assertEqual(form.values, {"boxSize": self.meta["box_px"]})
 
+    def test_threshold_preview_counts_fewer_picks_at_a_higher_cutoff(self):
+        low = self.pick.previewPicks(2, 0.5, self.getOutputPath("preview_low"))
+        high = self.pick.previewPicks(2, 0.95, self.getOutputPath("preview_high"))
+        self.assertEqual((low["cutoff"], high["cutoff"]), (0.5, 0.95))
+        self.assertGreater(low["picks"], high["picks"])
+        for result in (low, high):
+            self.assertTrue(os.path.getsize(result["picks_png"]) > 10000)
+            self.assertTrue(os.path.getsize(result["histogram_png"]) > 5000)
+
     def test_viewers_show_the_figures_the_engine_drew(self):
         from pyworkflow.gui.plotter import Plotter
         from scipion_fewshotpicker.viewers import FewShotCurvesViewer, FewShotPicksViewer
