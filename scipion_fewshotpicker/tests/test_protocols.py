@@ -176,18 +176,37 @@ class TestFewShotWorkflow(BaseTest):
         np.testing.assert_allclose(got["rlnCoordinateX"].to_numpy(), want["x"].to_numpy())
 
     def test_model_is_reused_in_another_project_through_import(self):
-        source = self.train.outputModel.getPath()
+        from pyworkflow.project import Manager
+        # as a user would browse to it: the absolute path of the first project's run folder
+        source = os.path.join(self.proj.path, self.train.outputModel.getPath())
         before = os.path.getmtime(os.path.join(source, "model.pt"))
-        prot = self.newProtocol(FewShotProtImportModel, modelPath=source,
-                                samplingRate=SIM.pixel_size)
-        self.launchProtocol(prot)
-        model = prot.outputModel
+        first = coordinates_table(self.pick.outputCoordinates, self.mics).sort_values(
+            ["micrograph", "x"])
+        other = Manager().createProject(f"FewShotReuse{os.getpid()}")
+        os.chdir(other.path)  # Scipion resolves a project's run folders from the cwd
+        self.addCleanup(os.chdir, self.proj.path)
+
+        def run(prot):
+            other.launchProtocol(prot, wait=True)
+            self.assertTrue(prot.isFinished(), prot.getRunName())
+            return prot
+
+        mics = run(other.newProtocol(
+            ProtImportMicrographs, filesPath=f"{self.data}/micrographs", filesPattern="mic_*.mrc",
+            samplingRate=SIM.pixel_size, voltage=300.0, sphericalAberration=2.7,
+            amplitudeContrast=0.07)).outputMicrographs
+        model = run(other.newProtocol(FewShotProtImportModel, modelPath=source,
+                                      samplingRate=SIM.pixel_size)).outputModel
         self.assertEqual((model.getKind(), model.getModelSize(), model.getBoxSize()),
                          ("finetuned", "tiny", self.meta["box_px"]))
-        self.assertNotEqual(model.getPath(), source)
+        self.assertTrue(os.path.exists(os.path.join(other.path, model.getCheckpoint())))
+        self.assertNotEqual(os.path.join(other.path, model.getPath()), source)  # a copy
         self.assertEqual(os.path.getmtime(os.path.join(source, "model.pt")), before)
-        pick = self._launch(FewShotProtPick, inputMicrographs=self.mics, inputModel=model,
-                            useGpu=False)
-        again = coordinates_table(pick.outputCoordinates, self.mics)
-        first = coordinates_table(self.pick.outputCoordinates, self.mics)
+        pick = other.newProtocol(FewShotProtPick, useGpu=False)
+        pick.inputMicrographs.set(mics)
+        pick.inputModel.set(model)
+        run(pick)
+        again = coordinates_table(pick.outputCoordinates, mics).sort_values(["micrograph", "x"])
         self.assertEqual(len(again), len(first))
+        np.testing.assert_allclose(again["score"].to_numpy(), first["score"].to_numpy(),
+                                   atol=1e-4)
