@@ -18,6 +18,26 @@ class FewShotProtBase:
     numbers are all computed by the engine.
     """
 
+    MODEL_FOLDER = "model"  # the engine run's folder under extra/
+
+    def _micFolder(self):
+        """Where the input micrographs are linked for the engine."""
+        return self._getExtraPath("micrographs")
+
+    def _modelFolder(self):
+        return self._getExtraPath(self.MODEL_FOLDER)
+
+    def _insertEngineSteps(self, runStep):
+        """convertInputStep -> the engine run -> createOutputStep."""
+        for step in (self.convertInputStep, runStep, self.createOutputStep):
+            self._insertFunctionStep(step.__name__)
+
+    def _defineSeedParam(self, form):
+        form.addParam("seed", params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
+                      label="Random seed",
+                      help="Seeds every random choice; the same seed and inputs give the same "
+                           "model.")
+
     def _defineDeviceParams(self, form):
         form.addHidden(params.USE_GPU, params.BooleanParam, default=True,
                        label="Use GPU?",

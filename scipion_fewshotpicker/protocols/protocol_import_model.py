@@ -35,9 +35,6 @@ class FewShotProtImportModel(EMProtocol, FewShotProtBase):
         path = self.modelPath.get()
         return os.path.join(path, "model.pt") if os.path.isdir(path) else path
 
-    def _modelFolder(self):
-        return self._getExtraPath("model")
-
     def importStep(self):
         os.makedirs(self._modelFolder(), exist_ok=True)
         tmp = os.path.join(self._modelFolder(), "model.pt.tmp")

@@ -14,6 +14,7 @@ class FewShotProtPretrain(EMProtocol, FewShotProtBase):
     exemplar fine-tuning (FewShotProtTrain). Pretrain once per kind of data
     (sample, detector, pixel size); reuse the model for every picking job.
     """
+    MODEL_FOLDER = "pretrain"
     _label = "pretrain"
     _possibleOutputs = {"outputModel": FewShotModel}
 
@@ -39,22 +40,11 @@ class FewShotProtPretrain(EMProtocol, FewShotProtBase):
         form.addParam("batchSize", params.IntParam, default=128, validators=[params.Positive],
                       label="Batch size", expertLevel=params.LEVEL_ADVANCED,
                       help="Regions per optimisation step.")
-        form.addParam("seed", params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
-                      label="Random seed",
-                      help="Seeds every random choice; the same seed and inputs give the same "
-                           "model.")
+        self._defineSeedParam(form)
         self._defineDeviceParams(form)
 
     def _insertAllSteps(self):
-        self._insertFunctionStep(self.convertInputStep.__name__)
-        self._insertFunctionStep(self.pretrainStep.__name__)
-        self._insertFunctionStep(self.createOutputStep.__name__)
-
-    def _micFolder(self):
-        return self._getExtraPath("micrographs")
-
-    def _modelFolder(self):
-        return self._getExtraPath("pretrain")
+        self._insertEngineSteps(self.pretrainStep)
 
     def _allMicrographs(self):
         for pointer in self.inputMicrographs:

@@ -16,6 +16,7 @@ class FewShotProtTrain(ProtParticlePicking, FewShotProtBase):
     that FewShotProtPick compares every window with. Micrographs without exemplars
     are used as unlabeled data (positive-unlabeled learning).
     """
+    MODEL_FOLDER = "train"
     _label = "train"
     _possibleOutputs = {"outputModel": FewShotModel}
 
@@ -43,23 +44,12 @@ class FewShotProtTrain(ProtParticlePicking, FewShotProtBase):
                       label="Class prior (pi)",
                       help="Probability that an unlabeled region holds a particle "
                            "(0 = plain SCS loss).")
-        form.addParam("seed", params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
-                      label="Random seed",
-                      help="Seeds every random choice; the same seed and inputs give the same "
-                           "model.")
+        self._defineSeedParam(form)
         self._defineDeviceParams(form)
 
     # --------------------------- steps ---------------------------------------
     def _insertAllSteps(self):
-        self._insertFunctionStep(self.convertInputStep.__name__)
-        self._insertFunctionStep(self.trainStep.__name__)
-        self._insertFunctionStep(self.createOutputStep.__name__)
-
-    def _micFolder(self):
-        return self._getExtraPath("micrographs")
-
-    def _modelFolder(self):
-        return self._getExtraPath("train")
+        self._insertEngineSteps(self.trainStep)
 
     def _exemplarStar(self):
         return self._getExtraPath("exemplars.star")
