@@ -32,6 +32,12 @@ class FewShotProtBase:
         for step in (self.convertInputStep, runStep, self.createOutputStep):
             self._insertFunctionStep(step.__name__)
 
+    def _withModelLine(self, lines):
+        """Summary lines, plus where the output model lies once there is one."""
+        if self.hasAttribute("outputModel"):
+            lines.append(f"Model: {self.outputModel.getPath()}")
+        return lines
+
     def _defineSeedParam(self, form):
         form.addParam("seed", params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
                       label="Random seed",

@@ -89,9 +89,7 @@ class FewShotProtPretrain(EMProtocol, FewShotProtBase):
         n = sum(p.get().getSize() for p in self.inputMicrographs if p.get() is not None)
         lines = [f"Regions of {self.boxSize.get()} px from {n} micrographs, "
                  f"{MODEL_SIZES[self.modelSize.get()]} model, {self.epochs.get()} epochs."]
-        if self.hasAttribute("outputModel"):
-            lines.append(f"Model: {self.outputModel.getPath()}")
-        return lines
+        return self._withModelLine(lines)
 
     def _methods(self):
         return [f"A {MODEL_SIZES[self.modelSize.get()]} masked autoencoder [He2022MAE] was "

@@ -135,9 +135,7 @@ class FewShotProtTrain(ProtParticlePicking, FewShotProtBase):
             return ["No exemplars yet."]
         lines = [f"{len(self._exemplarRows())} exemplars, box {self.getBoxSize()} px, "
                  f"{self.steps.get()} steps."]
-        if self.hasAttribute("outputModel"):
-            lines.append(f"Model: {self.outputModel.getPath()}")
-        return lines
+        return self._withModelLine(lines)
 
     def _methods(self):
         return [f"The encoder was fine-tuned on {len(self._exemplarRows())} exemplar particles "
