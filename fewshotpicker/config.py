@@ -216,3 +216,36 @@ class PickConfig:
     plots: bool = False               # also save a PNG histogram per micrograph
     candidates: bool = False          # also write candidates.star: every peak, below the cutoff too
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """PU-classifier pruning of picks from any picker (``fewshotpicker prune``).
+
+    Positives are the exemplars (plus confirmed picks, if given), the
+    unlabeled set is the picks to judge. Lengths in micrograph px.
+    """
+    box: float = 0.0                  # particle box, px (0 = the model's box)
+    model: str = ""                   # folder or model.pt of 'train' or 'pretrain' ("" = new)
+    model_size: str = "tiny"          # only without --model
+    prior: str = "auto"               # share of the picks that are particles: auto | a number
+    threshold: str = "auto"           # probability to keep: auto (mixture of logits) | bayes (0.5) | a number
+    steps: int = 300
+    lr: float = 3e-4
+    min_lr: float = 1e-6
+    warmup: float = 0.05
+    weight_decay: float = 0.05
+    train_blocks: int = 1             # last encoder blocks trained with the head
+    loss: str = "logistic"            # nnPU surrogate: logistic (Topaz) | sigmoid (Kiryo; saturated here)
+    beta: float = 0.0                 # nnPU: ascend when the negative risk < -beta
+    gamma: float = 1.0                # nnPU: scale of that ascent
+    batch_positive: int = 32          # exemplar views per step
+    batch_unlabeled: int = 96         # picks per step
+    max_unlabeled: int = 20000        # picks held in memory for training (all are scored)
+    max_shift: int = 2                # px of the model input, for random views
+    tta: bool = True                  # average the logit over 4 rotations when scoring
+    gallery: int = 12                 # crops per gallery row
+    checkpoint_every: int = 100
+    device: str = "auto"
+    precision: str = "auto"           # scoring: auto | bf16 | fp32
+    seed: int = 0

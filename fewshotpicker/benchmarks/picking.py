@@ -47,6 +47,8 @@ SIM_SETS = {
     "sim low SNR (0.02)": {"snr": 0.02},
     "sim high SNR (0.2)": {"snr": 0.2},
     "sim crowded (SNR 0.05)": {"crowding": 0.4},
+    # the pruning benchmark's default: lures outnumber a third of the particles
+    "sim many lures (SNR 0.05)": {"ice_crystals": 12.0, "aggregates": 10.0, "carbon_edge": 1.0},
 }
 
 
@@ -235,6 +237,15 @@ def datasets(work: Path, sets: List[str], real: Optional[Path], st: BenchSetting
     return chosen
 
 
+def ensure_pretrained(ds: Dataset, out: Path, st: BenchSettings) -> Path:
+    """The data set's tiny MAE, pretrained once on all its micrographs (kept between runs)."""
+    if not (out / "model.pt").exists():
+        pretrain(PretrainConfig(model="tiny", box=ds.box, epochs=st.pretrain_epochs,
+                                regions_per_micrograph=256, device=st.device, seed=0),
+                 ds.train + ds.test, out)
+    return out
+
+
 def run(work: Path, sets: List[str], real: Optional[Path], seeds: List[int],
         st: BenchSettings, topaz_env: Optional[Path]) -> Dict[str, list]:
     """The whole benchmark; returns ``{"rows": per seed, "summary": mean/spread}``."""
@@ -242,11 +253,7 @@ def run(work: Path, sets: List[str], real: Optional[Path], seeds: List[int],
     rows = []
     for i, ds in enumerate(datasets(work, sets, real, st)):
         base = work / f"runs{i}_{micrograph_key(ds.name.split()[0] + str(i))}"
-        pretrained = base / "pretrain"
-        if not (pretrained / "model.pt").exists():
-            pretrain(PretrainConfig(model="tiny", box=ds.box, epochs=st.pretrain_epochs,
-                                    regions_per_micrograph=256, device=st.device, seed=0),
-                     ds.train + ds.test, pretrained)
+        pretrained = ensure_pretrained(ds, base / "pretrain", st)
         for seed in seeds:
             log.info("%s, seed %d", ds.name, seed)
             rows += run_seed(ds, seed, base, pretrained, st, topaz_exe)

@@ -10,6 +10,10 @@ Targets:
   (installed into its own environment, trained on the same 15 exemplars) on
   simulated sets at several SNRs and crowdings and the real EMPIAR-10028 set,
   over several seeds (mean and spread); JSON and precision-recall plots.
+- ``pruning``: precision and recall of DoG's and Topaz's picks before and after
+  ``fewshotpicker prune``, on the simulated set with many lures and the real
+  EMPIAR-10028 set, over several seeds; the share of lure picks removed and the
+  estimated class prior beside the true share of particles.
 - ``pick-speed``: seconds per micrograph, windows/s and achieved TFLOP/s of the
   picking path (ratio to the GPU's bf16 peak where known), e.g. base on a
   4096 x 4096 micrograph with box 180 at stride 28.
@@ -40,7 +44,8 @@ DEFAULT_VARIANTS = {
 def add_parser(sub) -> None:
     p = sub.add_parser("benchmark", help="measure speed and quality; prints a table",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("target", choices=["train-speed", "features", "picking", "pick-speed"])
+    p.add_argument("target", choices=["train-speed", "features", "picking", "pruning",
+                                          "pick-speed"])
     p.add_argument("--model", choices=sorted(MODEL_SIZES), default="tiny")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch", type=int, default=128, help="train-speed: regions per step")
@@ -51,7 +56,8 @@ def add_parser(sub) -> None:
                                   "(../shared/data/empiar-10028)")
     p.add_argument("--sets", default="simulated,real",
                    help="features: which data sets to run (default both; real needs "
-                        "--real); picking: 'sim' (all simulated), 0-3 (one of them), 'real'")
+                        "--real); picking: 'sim' (all simulated), 0-4 (one of them), 'real'; "
+                        "pruning: the same (default 4,real: many lures, EMPIAR-10028)")
     p.add_argument("--variants", help="features: JSON {name: {TrainConfig overrides}}")
     p.add_argument("--work", default="benchmark_work", help="features: folder for runs")
     p.add_argument("--seeds", default="0,1,2", help="picking: exemplar/training seeds")
@@ -79,18 +85,24 @@ def _print_rows(rows: list) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
 
 
-def _run_picking(args: argparse.Namespace) -> dict:
+def _bench_settings(args: argparse.Namespace):
     from ..benchmarks import picking, topaz_peer
     epochs = 5
-    settings = picking.BenchSettings(
+    return picking.BenchSettings(
         device="cpu" if args.device == "auto" else args.device,
         train_steps=args.steps or 300,
         topaz=topaz_peer.TopazSettings(epochs=epochs,
                                        epoch_size=max(1, args.topaz_updates // epochs)))
+
+
+def _run_picking(args: argparse.Namespace, module) -> dict:
+    sets = args.sets.split(",")
+    if module.__name__.endswith("pruning") and args.sets == "simulated,real":
+        sets = module.DEFAULT_SETS
     work = Path(args.work)
-    result = picking.run(work, args.sets.split(","), Path(args.real) if args.real else None,
-                         [int(s) for s in args.seeds.split(",")], settings,
-                         Path(args.topaz_env) if args.topaz_env else None)
+    result = module.run(work, sets, Path(args.real) if args.real else None,
+                        [int(s) for s in args.seeds.split(",")], _bench_settings(args),
+                        Path(args.topaz_env) if args.topaz_env else None)
     _print_rows(result["summary"])
     print(f"per-seed rows, plots: {work}/runs*/seed*/; Topaz {result['topaz'] or 'not run'}")
     return result
@@ -108,8 +120,9 @@ def run(args: argparse.Namespace) -> int:
         result = pick_speed.time_picking(args.model, (h, w), args.box, args.stride, args.device,
                                          args.batch, args.repeats, args.compile)
         _print_rows([result])
-    elif args.target == "picking":
-        result = _run_picking(args)
+    elif args.target in ("picking", "pruning"):
+        from ..benchmarks import picking, pruning
+        result = _run_picking(args, picking if args.target == "picking" else pruning)
     else:
         from ..benchmarks import features
         work = Path(args.work)

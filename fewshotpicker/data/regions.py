@@ -97,7 +97,8 @@ def crop_windows(prepared: torch.Tensor, centres: torch.Tensor, size: int) -> to
     return normalize_regions(windows)[:, None]
 
 
-def check_inside(centres: np.ndarray, shape: tuple, box: float, source: str) -> np.ndarray:
+def check_inside(centres: np.ndarray, shape: tuple, box: float, source: str,
+                 warn: bool = True) -> np.ndarray:
     """Refuse coordinates outside the image; report those whose box crosses the border.
 
     centres: ``(n, 2)`` (x, y) px; shape: ``(h, w)``. Returns a boolean array
@@ -113,7 +114,7 @@ def check_inside(centres: np.ndarray, shape: tuple, box: float, source: str) -> 
     half = box / 2.0
     partial = (centres[:, 0] < half) | (centres[:, 0] > w - half) | (centres[:, 1] < half) | \
         (centres[:, 1] > h - half)
-    if partial.any():
+    if partial.any() and warn:
         log.warning("%s: %d coordinate(s) closer than half a box (%.0f px) to the border; "
                     "their boxes are padded by reflection.", source, int(partial.sum()), half)
     return partial

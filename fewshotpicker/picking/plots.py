@@ -9,8 +9,9 @@ from ..io.atomic import atomic_path
 
 
 def plot_score_histogram(scores: np.ndarray, cutoff: float, path: str | Path,
-                         title: str = "") -> Path:
-    """Histogram of candidate scores with the chosen cutoff as a red line."""
+                         title: str = "", xlabel: str = "max cosine similarity to the exemplars",
+                         what: str = "candidates") -> Path:
+    """Histogram of scores with the chosen cutoff as a red line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -21,9 +22,9 @@ def plot_score_histogram(scores: np.ndarray, cutoff: float, path: str | Path,
         ax.axvline(cutoff, color="red", label=f"cutoff {cutoff:.3f}")
         ax.legend(fontsize=8)
     kept = int(np.sum(scores > cutoff))
-    ax.set_title(f"{title}: {kept} of {len(scores)} candidates kept", fontsize=9)
-    ax.set_xlabel("max cosine similarity to the exemplars", fontsize=8)
-    ax.set_ylabel("candidates", fontsize=8)
+    ax.set_title(f"{title}: {kept} of {len(scores)} {what} kept", fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(what, fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp)

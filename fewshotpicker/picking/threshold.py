@@ -93,25 +93,37 @@ def otsu2_cutoff(scores: np.ndarray, min_candidates: int = 8) -> float:
     return float(np.tanh(second))
 
 
-def gmm_cutoff(scores: np.ndarray, max_components: int = 3, min_candidates: int = 12,
-               seed: int = 0) -> float:
-    """Mixture-model cutoff (see module docstring); ``-inf`` for too few scores.
+def mixture_cutoff(values: np.ndarray, components: tuple = (2, 3), min_values: int = 12,
+                   seed: int = 0) -> float:
+    """Where the top component of a 1D Gaussian mixture stops being the most probable.
 
-    scores: ``(n,)`` cosines. Returns the cosine below which the top component
-    is no longer the most probable one.
+    values: ``(n,)`` any real scores. Mixtures with each number of
+    ``components`` are fitted and the one with the lowest BIC is kept; a single
+    component (when allowed and chosen) means one population: ``-inf``, keep
+    all. Also ``-inf`` for fewer than ``min_values`` values or no spread.
     """
     from sklearn.mixture import GaussianMixture
 
-    z = fisher_z(scores)[:, None]
-    if len(z) < min_candidates or np.ptp(z) == 0:
+    x = np.asarray(values, dtype=float)[:, None]
+    if len(x) < min_values or np.ptp(x) == 0:
         return -np.inf
-    fits = [GaussianMixture(k, random_state=seed, n_init=2).fit(z)
-            for k in range(2, max_components + 1)]
-    best = min(fits, key=lambda g: g.bic(z))
+    fits = [GaussianMixture(k, random_state=seed, n_init=2).fit(x) for k in components]
+    best = min(fits, key=lambda g: g.bic(x))
+    if best.n_components == 1:
+        return -np.inf
     top = int(np.argmax(best.means_[:, 0]))
-    grid = np.linspace(z.min(), best.means_[top, 0], 1000)[:, None]
+    grid = np.linspace(x.min(), best.means_[top, 0], 1000)[:, None]
     not_top = grid[best.predict_proba(grid)[:, top] < 0.5, 0]
-    return float(np.tanh(not_top.max())) if len(not_top) else float(np.tanh(z.min()))
+    return float(not_top.max()) if len(not_top) else float(x.min())
+
+
+def gmm_cutoff(scores: np.ndarray, max_components: int = 3, min_candidates: int = 12,
+               seed: int = 0) -> float:
+    """Mixture-model cutoff of cosines ``(n,)`` in Fisher z-space (see module docstring);
+    ``-inf`` for too few scores."""
+    cut = mixture_cutoff(fisher_z(scores), tuple(range(2, max_components + 1)), min_candidates,
+                         seed)
+    return float(np.tanh(cut)) if np.isfinite(cut) else cut
 
 
 RULES = ("auto", "gmm", "otsu2", "density", "quantile")

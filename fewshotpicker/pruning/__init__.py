@@ -1,0 +1,1 @@
+"""Stage 4: PU-classifier pruning of picks from any picker (after PickerOptimizer)."""
