@@ -36,26 +36,28 @@ def linkMicrographs(mics, folder):
     return paths
 
 
-def exemplarRows(coords, micsByName, scale=1.0):
-    """``(micKey, x, y)`` of every exemplar whose micrograph is in ``micsByName``.
+def coordinateRows(coords, micsByName, scale=1.0):
+    """``(objId, micKey, x, y)`` of every coordinate whose micrograph is in ``micsByName``.
 
     ``scale`` converts coordinates from the pixels of the micrographs they were
-    picked on to those of the training micrographs (their pixel-size ratio).
+    picked on to those of the micrographs used here (their pixel-size ratio).
     """
     rows = []
     for coord in coords.iterItems():
         mic = micsByName.get(coord.getMicName())
         if mic is not None:
-            rows.append((micKey(mic), coord.getX() * scale, coord.getY() * scale))
+            rows.append((coord.getObjId(), micKey(mic), coord.getX() * scale,
+                         coord.getY() * scale))
     return rows
 
 
-def writeExemplarStar(rows, folder, path):
-    """Write exemplars as the engine reads them (micrograph paths under ``folder``)."""
+def writeCoordinateStar(rows, folder, path):
+    """Write ``coordinateRows`` as the engine reads them (micrograph paths under ``folder``),
+    in the order given."""
     import pandas as pd
     from fewshotpicker.io.coordinates import write_coordinate_table
-    table = pd.DataFrame({"micrograph": [os.path.join(folder, k + ".mrc") for k, _, _ in rows],
-                          "x": [x for _, x, _ in rows], "y": [y for _, _, y in rows]})
+    table = pd.DataFrame({"micrograph": [os.path.join(folder, r[1] + ".mrc") for r in rows],
+                          "x": [r[2] for r in rows], "y": [r[3] for r in rows]})
     write_coordinate_table(table, path)
     return path
 
@@ -68,6 +70,13 @@ def readPicks(starFile):
     table = read_coordinates(starFile)
     scores = table["score"] if "score" in table else [0.0] * len(table)
     return list(zip(table["x"], table["y"], scores))
+
+
+def readPruneDecisions(scoresStar):
+    """``[(probability, kept)]`` of the engine's ``scores.star``, in the order of its input."""
+    from fewshotpicker.io.coordinates import read_coordinates
+    table = read_coordinates(scoresStar)
+    return [(float(p), int(c) == 1) for p, c in zip(table["score"], table["class"])]
 
 
 def addPicks(coordSet, mic, picks):

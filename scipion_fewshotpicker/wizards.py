@@ -3,21 +3,21 @@ import tempfile
 
 from pwem.wizards import EmWizard
 
-from .protocols import FewShotProtPick, FewShotProtTrain
+from .protocols import FewShotProtPick, FewShotProtPrune, FewShotProtTrain
 
 
 class FewShotBoxSizeWizard(EmWizard):
-    """Box size = the box of the exemplar coordinates, in pixels of the input micrographs."""
-    _targets = [(FewShotProtTrain, ["boxSize"])]
+    """Box size = the box of the input coordinates (the exemplars, or the picks to prune),
+    in pixels of the input micrographs."""
+    _targets = [(FewShotProtTrain, ["boxSize"]), (FewShotProtPrune, ["boxSize"])]
 
     def show(self, form, *args):
         prot = form.protocol
         coords = prot.inputCoordinates.get()
         if coords is None or not coords.getBoxSize():
-            form.showWarning("Select exemplar coordinates that carry a box size first.")
+            form.showWarning("Select input coordinates that carry a box size first.")
             return
-        form.setVar("boxSize", int(round(coords.getBoxSize() * prot.getScale())))
-
+        form.setVar("boxSize", int(round(coords.getBoxSize() * prot.coordinateScale(coords))))
 
 
 class FewShotThresholdWizard(EmWizard):

@@ -6,6 +6,7 @@ import shutil
 import pyworkflow.protocol.params as params
 
 from .. import Plugin
+from ..convert import coordinateRows
 
 MODEL_SIZES = ["tiny", "small", "base"]
 
@@ -37,6 +38,19 @@ class FewShotProtBase:
         if self.hasAttribute("outputModel"):
             lines.append(f"Model: {self.outputModel.getPath()}")
         return lines
+
+    def coordinateScale(self, coords):
+        """Pixels of the input micrographs per pixel of the micrographs ``coords`` were
+        picked on (1 when either pixel size is unknown)."""
+        coordMics = coords.getMicrographs()
+        mine = self.getInputMicrographs().getSamplingRate()
+        return coordMics.getSamplingRate() / mine if coordMics is not None and mine else 1.0
+
+    def coordinateRows(self, coords):
+        """``(objId, micKey, x, y)`` of the coordinates lying on the input micrographs, in
+        their pixels."""
+        mics = {mic.getMicName(): mic.clone() for mic in self.getInputMicrographs()}
+        return coordinateRows(coords, mics, self.coordinateScale(coords))
 
     def _defineSeedParam(self, form):
         form.addParam("seed", params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,

@@ -3,7 +3,7 @@ import pyworkflow.protocol.params as params
 from pwem.protocols import ProtParticlePicking
 
 from ..constants import MODEL_FINETUNED, MODEL_PRETRAINED
-from ..convert import exemplarRows, linkMicrographs, writeExemplarStar
+from ..convert import linkMicrographs, writeCoordinateStar
 from ..objects import FewShotModel
 from .protocol_base import MODEL_SIZES, FewShotProtBase
 
@@ -54,25 +54,19 @@ class FewShotProtTrain(ProtParticlePicking, FewShotProtBase):
     def _exemplarStar(self):
         return self._getExtraPath("exemplars.star")
 
-    def getScale(self):
-        """Pixels of the input micrographs per pixel of the exemplars' micrographs."""
-        coordMics = self.inputCoordinates.get().getMicrographs()
-        mine = self.getInputMicrographs().getSamplingRate()
-        return coordMics.getSamplingRate() / mine if coordMics is not None and mine else 1.0
-
     def getBoxSize(self):
         """The box in pixels of the input micrographs."""
         if self.boxSize.get():
             return self.boxSize.get()
-        return int(round(self.inputCoordinates.get().getBoxSize() * self.getScale()))
+        coords = self.inputCoordinates.get()
+        return int(round(coords.getBoxSize() * self.coordinateScale(coords)))
 
     def _exemplarRows(self):
-        mics = {mic.getMicName(): mic.clone() for mic in self.getInputMicrographs()}
-        return exemplarRows(self.inputCoordinates.get(), mics, self.getScale())
+        return self.coordinateRows(self.inputCoordinates.get())
 
     def convertInputStep(self):
         linkMicrographs(self.getInputMicrographs().iterItems(), self._micFolder())
-        writeExemplarStar(self._exemplarRows(), self._micFolder(), self._exemplarStar())
+        writeCoordinateStar(self._exemplarRows(), self._micFolder(), self._exemplarStar())
 
     def trainStep(self):
         values = {"box": float(self.getBoxSize()), "steps": self.steps.get(),

@@ -49,7 +49,7 @@ def test_protocols_are_registered_and_listed_under_picking():
     from pyworkflow.plugin import Domain
     import scipion_fewshotpicker
     names = {"FewShotProtPretrain", "FewShotProtTrain", "FewShotProtPick",
-             "FewShotProtImportModel"}
+             "FewShotProtImportModel", "FewShotProtPrune"}
     assert names <= set(Domain.getProtocols())
     conf = configparser.ConfigParser()
     conf.optionxform = str
@@ -62,8 +62,10 @@ def test_protocols_are_registered_and_listed_under_picking():
 
 def test_every_protocol_parameter_has_help():
     from scipion_fewshotpicker.protocols import (FewShotProtImportModel, FewShotProtPick,
-                                                 FewShotProtPretrain, FewShotProtTrain)
-    for cls in (FewShotProtPretrain, FewShotProtTrain, FewShotProtPick, FewShotProtImportModel):
+                                                 FewShotProtPretrain, FewShotProtPrune,
+                                                 FewShotProtTrain)
+    for cls in (FewShotProtPretrain, FewShotProtTrain, FewShotProtPick, FewShotProtImportModel,
+                FewShotProtPrune):
         prot = cls()
         ours = [name for name, param in prot.iterDefinitionAttributes()
                 if name[0].islower() and not name.startswith("streaming") and
@@ -74,14 +76,16 @@ def test_every_protocol_parameter_has_help():
             assert param.help.get(), f"{cls.__name__}.{name} has no help"
 
 
-def test_exemplar_rows_are_rescaled_and_matched_by_micrograph_name():
+def test_coordinate_rows_are_rescaled_and_matched_by_micrograph_name():
     from types import SimpleNamespace as NS
-    from scipion_fewshotpicker.convert import exemplarRows
-    coords = [NS(getMicName=lambda: "a.mrc", getX=lambda: 10, getY=lambda: 20),
-              NS(getMicName=lambda: "elsewhere.mrc", getX=lambda: 1, getY=lambda: 1)]
+    from scipion_fewshotpicker.convert import coordinateRows
+    coords = [NS(getObjId=lambda: 3, getMicName=lambda: "a.mrc", getX=lambda: 10,
+                 getY=lambda: 20),
+              NS(getObjId=lambda: 4, getMicName=lambda: "elsewhere.mrc", getX=lambda: 1,
+                 getY=lambda: 1)]
     mics = {"a.mrc": NS(getObjId=lambda: 7)}
-    rows = exemplarRows(NS(iterItems=lambda: iter(coords)), mics, scale=2.5)
-    assert rows == [("mic_000007", 25.0, 50.0)]  # picked at 2.5x the training pixel size
+    rows = coordinateRows(NS(iterItems=lambda: iter(coords)), mics, scale=2.5)
+    assert rows == [(3, "mic_000007", 25.0, 50.0)]  # picked at 2.5x this pixel size
 
 
 def test_asking_for_a_gpu_on_a_machine_without_one_is_refused(monkeypatch):
