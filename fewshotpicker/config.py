@@ -249,3 +249,34 @@ class PruneConfig:
     device: str = "auto"
     precision: str = "auto"           # scoring: auto | bf16 | fp32
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class Pick3dConfig:
+    """Tomogram picking from a few labels (``fewshotpicker pick3d``). Lengths in voxels."""
+    box: float = 0.0                  # particle diameter, voxels (required)
+    model: str = ""                   # a trained pick3d model.pt: skip training
+    size: str = "small"               # U-Net width: tiny | small | base
+    steps: int = 600
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup: float = 0.05
+    weight_decay: float = 1e-4
+    crop: int = 48                    # cubic training crops (multiple of 4; clipped to the volume)
+    batch_labeled: int = 2            # crops around labels per step
+    batch_unlabeled: int = 2          # random crops per step (pseudo-labels)
+    semi: bool = True                 # teacher-student; False = supervised only
+    ema: float = 0.99                 # teacher decay
+    views: int = 4                    # views that must agree on a pseudo-label (max 6)
+    pseudo_threshold: float = 0.5     # teacher probability every view must exceed
+    unsup_weight: float = 1.0         # weight of the pseudo-label loss after its ramp
+    unsup_start: float = 0.25         # fraction of the steps before pseudo-labels are used
+    unlabeled_weight: float = 0.25    # weight of background voxels (they may hide particles)
+    dropblock: int = 2                # wedge-shaped blocks dropped per training crop
+    sigma: float = 0.0                # target Gaussian, voxels (0 = box / 8)
+    min_distance: float = 0.0         # between picks (0 = the particle radius)
+    threshold: str = "auto"           # auto (mixture of peak scores) | a probability
+    tile: int = 96                    # picking tile core side (memory: tiles, not tomograms)
+    checkpoint_every: int = 100
+    device: str = "auto"
+    seed: int = 0

@@ -91,3 +91,37 @@ def addPicks(coordSet, mic, picks):
         setattr(coord, fom, pwobj.Float(score))
         setattr(coord, psi, pwobj.Float(-999.0))
         coordSet.append(coord)
+
+
+def tomoKey(tomo):
+    """The engine-side name (stem) of a Scipion tomogram."""
+    return "tomo_%06d" % tomo.getObjId()
+
+
+def writeTomoLabels(coords, tomosByTsId, path):
+    """Write 3D labels (voxels from the tomogram's first voxel, RELION 4 columns) for the
+    coordinates whose tomogram is in ``tomosByTsId``; returns how many were written."""
+    import pandas as pd
+    from tomo.constants import BOTTOM_LEFT_CORNER
+    from fewshotpicker.io.coordinates import write_coordinate_table
+    rows = []
+    for coord in coords.iterItems():
+        tomo = tomosByTsId.get(coord.getTomoId())
+        if tomo is not None:
+            coord.setVolume(tomo)
+            x, y, z = coord.getPosition(BOTTOM_LEFT_CORNER)
+            rows.append((tomoKey(tomo), x, y, z))
+    table = pd.DataFrame(rows, columns=["micrograph", "x", "y", "z"])
+    write_coordinate_table(table, path)
+    return len(rows)
+
+
+def readTomoPicks(starFile):
+    """``{tomogram key: [(x, y, z, score, class)]}`` of the engine's RELION 4 3D picks."""
+    from fewshotpicker.io.coordinates import read_coordinates
+    table = read_coordinates(starFile)
+    out = {}
+    for name, x, y, z, score, klass in zip(table["micrograph"], table["x"], table["y"],
+                                           table["z"], table["score"], table["class"]):
+        out.setdefault(str(name), []).append((x, y, z, float(score), int(klass)))
+    return out

@@ -11,12 +11,12 @@ from typing import Optional, Sequence
 
 from .. import __version__
 from ..errors import InputError
-from . import (benchmark, demo, dog, evaluate, inspect_model, pick, pretrain, prune, simulate,
-               train)
+from . import (benchmark, demo, dog, evaluate, inspect_model, pick, pick3d, pretrain, prune,
+               simulate, train)
 from .common import setup_logging
 
-COMMANDS = [simulate, pretrain, train, pick, prune, dog, evaluate, inspect_model, benchmark,
-            demo]
+COMMANDS = [simulate, pretrain, train, pick, prune, pick3d, dog, evaluate, inspect_model,
+            benchmark, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -58,18 +58,21 @@ def test_protocols_are_registered_and_listed_under_picking():
     picking = tree[0]["children"][0]
     assert (tree[0]["text"], picking["text"]) == ("Particles", "Picking")
     assert {p["value"] for p in picking["children"]} == names
+    tomo = json.loads(conf["PROTOCOLS"]["Tomography"])[0]["children"][0]
+    assert [p["value"] for p in tomo["children"]] == ["FewShotProtPickTomo"]
+    assert "FewShotProtPickTomo" in Domain.getProtocols()
 
 
 def test_every_protocol_parameter_has_help():
     from scipion_fewshotpicker.protocols import (FewShotProtImportModel, FewShotProtPick,
-                                                 FewShotProtPretrain, FewShotProtPrune,
-                                                 FewShotProtTrain)
+                                                 FewShotProtPickTomo, FewShotProtPretrain,
+                                                 FewShotProtPrune, FewShotProtTrain)
     for cls in (FewShotProtPretrain, FewShotProtTrain, FewShotProtPick, FewShotProtImportModel,
-                FewShotProtPrune):
+                FewShotProtPrune, FewShotProtPickTomo):
         prot = cls()
         ours = [name for name, param in prot.iterDefinitionAttributes()
                 if name[0].islower() and not name.startswith("streaming") and
-                name not in ("inputMicrographs", "hostName", "numberOfThreads", "numberOfMpi",
+                name not in ("inputMicrographs", "inputTomograms", "hostName", "numberOfThreads", "numberOfMpi",
                              "runName", "runMode", "comment", "useQueue", "queueParams")]
         for name in ours:
             param = prot.getParam(name)

@@ -1,0 +1,1 @@
+"""Stage 5: tomogram subvolume picking from a few labels (after SemiETPicker)."""

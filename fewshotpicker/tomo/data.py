@@ -1,0 +1,103 @@
+"""Tomograms as the detector sees them: memory-mapped, normalised, cut into crops and tiles."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List, Tuple
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import InputError
+from ..io.coordinates import micrograph_key
+from ..io.mrc import open_volume
+
+
+@dataclass
+class Tomogram:
+    """A memory-mapped tomogram ``(d, h, w)`` with the statistics used to normalise it."""
+    path: Path
+    data: np.ndarray        # read-only memmap, file dtype
+    voxel_size: float       # Å / voxel (0 if the header has none)
+    mean: float
+    std: float
+
+    @property
+    def key(self) -> str:
+        return micrograph_key(str(self.path))
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        return tuple(int(s) for s in self.data.shape)
+
+    def read(self, lo: np.ndarray, size: np.ndarray) -> torch.Tensor:
+        """The normalised block ``(1, sd, sh, sw)`` at corner ``lo`` (z, y, x); parts outside
+        the volume are zero (the mean)."""
+        out = np.zeros(tuple(int(s) for s in size), dtype=np.float32)
+        a = np.maximum(lo, 0)
+        b = np.minimum(lo + size, self.shape)
+        if np.all(b > a):
+            block = np.asarray(self.data[a[0]:b[0], a[1]:b[1], a[2]:b[2]], dtype=np.float32)
+            out[a[0] - lo[0]:b[0] - lo[0], a[1] - lo[1]:b[1] - lo[1],
+                a[2] - lo[2]:b[2] - lo[2]] = (block - self.mean) / self.std
+        return torch.from_numpy(out)[None]
+
+
+def open_tomogram(path: str | Path, max_samples: int = 2_000_000) -> Tomogram:
+    """Open ``path`` memory-mapped; mean and std from a strided sample of sections (so a
+    1k x 1k x 300 volume is never read whole)."""
+    vol = open_volume(path, check_finite=False)
+    d = vol.data.shape[0]
+    step = max(1, int(np.ceil(vol.data.size / max_samples)))
+    sample = np.asarray(vol.data[::max(1, d // 16)], dtype=np.float32).reshape(-1)[::max(
+        1, step // 16)]
+    if not np.all(np.isfinite(sample)):
+        raise InputError(f"{path}: holds NaN or infinite values.")
+    std = float(sample.std())
+    if std == 0:
+        raise InputError(f"{path}: is constant (no contrast).")
+    return Tomogram(Path(path), vol.data, vol.pixel_size or 0.0, float(sample.mean()), std)
+
+
+def labels_per_tomogram(labels: pd.DataFrame, tomos: List[Tomogram], source: str) -> dict:
+    """``{tomogram key: (centres (n, 3) x, y, z, classes (n,))}``; refuses labels naming no
+    given tomogram or lying outside it."""
+    keys = labels["micrograph"].astype(str).map(micrograph_key)
+    by_key = {t.key: t for t in tomos}
+    unknown = sorted(set(keys) - set(by_key))
+    if unknown:
+        raise InputError(f"{source}: names {len(unknown)} tomogram(s) that match no given "
+                         f"tomogram ({', '.join(unknown[:3])}).")
+    out = {}
+    for key, g in labels.groupby(keys):
+        xyz = g[["x", "y", "z"]].to_numpy(float)
+        d, h, w = by_key[key].shape
+        outside = (xyz < 0).any(1) | (xyz[:, 0] >= w) | (xyz[:, 1] >= h) | (xyz[:, 2] >= d)
+        if outside.any():
+            raise InputError(f"{source}: {int(outside.sum())} label(s) lie outside the "
+                             f"{w} x {h} x {d} voxel tomogram {key}.")
+        klass = g["class"].to_numpy(int) if "class" in g else np.ones(len(g), int)
+        out[key] = (xyz, klass)
+    return out
+
+
+def crop_size(cfg_crop: int, shape: Tuple[int, int, int]) -> np.ndarray:
+    """Cubic crop side, at most each volume side, a multiple of 4: ``(3,)`` (z, y, x)."""
+    return np.array([max(4, (min(cfg_crop, s) // 4) * 4) for s in shape])
+
+
+def tiles(shape: Tuple[int, int, int], core: int, halo: int) -> Iterator[tuple]:
+    """Tiles covering a volume: ``(lo, size, core_lo, core_hi)`` (z, y, x arrays) where the
+    core regions partition the volume and ``size`` (core plus a halo on each side,
+    rounded up to a multiple of 4) is what the network sees."""
+    shape = np.array(shape)
+    starts = [range(0, s, core) for s in shape]
+    for z in starts[0]:
+        for y in starts[1]:
+            for x in starts[2]:
+                core_lo = np.array([z, y, x])
+                core_hi = np.minimum(core_lo + core, shape)
+                lo = core_lo - halo
+                size = core_hi - core_lo + 2 * halo
+                yield lo, ((size + 3) // 4) * 4, core_lo, core_hi
