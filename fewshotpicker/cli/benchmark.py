@@ -14,6 +14,9 @@ Targets:
   ``fewshotpicker prune``, on the simulated set with many lures and the real
   EMPIAR-10028 set, over several seeds; the share of lure picks removed and the
   estimated class prior beside the true share of particles.
+- ``tomo``: tomogram picking from 1%, 5% and 20% labels, teacher-student against
+  supervised-only, F-beta 4 and F1 (CZII rule) on the unlabelled particles,
+  seconds per tomogram.
 - ``pick-speed``: seconds per micrograph, windows/s and achieved TFLOP/s of the
   picking path (ratio to the GPU's bf16 peak where known), e.g. base on a
   4096 x 4096 micrograph with box 180 at stride 28.
@@ -45,7 +48,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("benchmark", help="measure speed and quality; prints a table",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", choices=["train-speed", "features", "picking", "pruning",
-                                          "pick-speed"])
+                                          "tomo", "pick-speed"])
     p.add_argument("--model", choices=sorted(MODEL_SIZES), default="tiny")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch", type=int, default=128, help="train-speed: regions per step")
@@ -71,6 +74,9 @@ def add_parser(sub) -> None:
     p.add_argument("--stride", type=float, default=0.0,
                    help="pick-speed: px between windows (default box / 5)")
     p.add_argument("--repeats", type=int, default=3, help="pick-speed: timed runs")
+    p.add_argument("--fractions", default="0.01,0.05,0.2", help="tomo: labelled fractions")
+    p.add_argument("--snr", type=float, default=0.1, help="tomo: simulated SNR")
+    p.add_argument("--tomograms", type=int, default=2, help="tomo: simulated tomograms")
     p.add_argument("--out", help="also save the figures as JSON here")
     p.set_defaults(func=run)
 
@@ -120,6 +126,14 @@ def run(args: argparse.Namespace) -> int:
         result = pick_speed.time_picking(args.model, (h, w), args.box, args.stride, args.device,
                                          args.batch, args.repeats, args.compile)
         _print_rows([result])
+    elif args.target == "tomo":
+        from ..benchmarks import tomo
+        result = tomo.run(Path(args.work), [float(f) for f in args.fractions.split(",")],
+                          [int(s) for s in args.seeds.split(",")], args.steps or 300,
+                          args.model if args.model in ("small", "base") else "tiny",
+                          "cpu" if args.device == "auto" else args.device,
+                          tomo.default_sim(args.snr, args.tomograms))
+        _print_rows(result["rows"])
     elif args.target in ("picking", "pruning"):
         from ..benchmarks import picking, pruning
         result = _run_picking(args, picking if args.target == "picking" else pruning)

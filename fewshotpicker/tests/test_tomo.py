@@ -104,3 +104,65 @@ def test_cross_class_suppression_and_cutoff():
     rng = np.random.default_rng(0)
     scores = np.concatenate([rng.uniform(0.02, 0.1, 200), rng.uniform(0.85, 0.99, 40)])
     assert 0.1 < tomogram_cutoff(scores, "auto") < 0.85
+
+
+@pytest.fixture(scope="module")
+def small_tomograms(tmp_path_factory):
+    """Two 32 x 96 x 96 tomograms of one species (16 voxels across), with truth."""
+    from fewshotpicker.config import TomogramSimConfig
+    from fewshotpicker.data.synthetic3d import simulate_tomograms
+    out = tmp_path_factory.mktemp("tomo")
+    simulate_tomograms(TomogramSimConfig(n_tomograms=2, shape=(32, 96, 96), n_species=1,
+                                         diameters_A=(160.0,), crowding=0.1, snr=1.0, seed=2),
+                       out)
+    return out
+
+
+def test_short_training_picks_most_particles(small_tomograms, tmp_path):
+    from fewshotpicker.config import Pick3dConfig
+    from fewshotpicker.evaluate import evaluate_all
+    from fewshotpicker.io.coordinates import read_coordinates, read_tomo_coordinates
+    from fewshotpicker.tomo.run import pick3d
+    truth = read_coordinates(small_tomograms / "truth3d.star")
+    labels = truth.iloc[::5]  # a fifth of the particles labelled
+    cfg = Pick3dConfig(box=16, size="tiny", steps=30, crop=32, batch_labeled=1,
+                       batch_unlabeled=1, device="cpu")
+    summary = pick3d(cfg, sorted((small_tomograms / "tomograms").glob("*.mrc")), labels,
+                     tmp_path)
+    picks = read_coordinates(tmp_path / "picks3d_relion4.star")
+    assert summary["picks"] == len(picks) > 0
+    pooled = evaluate_all(picks, truth, 16, ("czii",),
+                          micrographs=sorted(set(truth["micrograph"])))["conventions"][
+        "czii"]["pooled"]
+    f1 = 2 * pooled["precision"] * pooled["recall"] / (pooled["precision"] + pooled["recall"])
+    assert f1 >= 0.6, pooled
+    # the RELION 5 file holds the same picks in centred Angstrom
+    shapes = {"tomo_000": (32, 96, 96), "tomo_001": (32, 96, 96)}
+    again = read_tomo_coordinates(tmp_path / "picks3d.star", shapes, 10.0)
+    np.testing.assert_allclose(again[["x", "y", "z"]].to_numpy(),
+                               picks[["x", "y", "z"]].to_numpy(), atol=1e-3)
+    assert (tmp_path / "slices" / "tomo_000.png").exists()
+
+
+def test_pick3d_command_reuses_a_model_and_refuses_bad_labels(small_tomograms, tmp_path,
+                                                              capsys):
+    from fewshotpicker.cli.main import main
+    from fewshotpicker.io.coordinates import read_coordinates, write_coordinate_table
+    truth = read_coordinates(small_tomograms / "truth3d.star")
+    write_coordinate_table(truth.iloc[::6], tmp_path / "labels.star")
+    common = ["pick3d", "--tomograms", str(small_tomograms / "tomograms"), "--box", "16",
+              "--size", "tiny", "--crop", "32", "--device", "cpu"]
+    assert main(common + ["--labels", str(tmp_path / "labels.star"), "--steps", "4",
+                          "--supervised-only", "--out", str(tmp_path / "a")]) == 0
+    first = read_coordinates(tmp_path / "a" / "picks3d_relion4.star")
+    assert main(common + ["--model", str(tmp_path / "a"), "--out", str(tmp_path / "b")]) == 0
+    second = read_coordinates(tmp_path / "b" / "picks3d_relion4.star")
+    np.testing.assert_allclose(second[["x", "y", "z"]].to_numpy(),
+                               first[["x", "y", "z"]].to_numpy())
+    outside = truth.iloc[:3].copy()
+    outside.loc[outside.index[0], "z"] = 500.0
+    write_coordinate_table(outside, tmp_path / "outside.star")
+    assert main(common + ["--labels", str(tmp_path / "outside.star"),
+                          "--out", str(tmp_path / "c")]) == 2
+    assert "outside.star: 1 label(s) lie outside the 96 x 96 x 32 voxel tomogram" in \
+        capsys.readouterr().err

@@ -7,7 +7,8 @@ and with wedge-shaped blocks dropped (:func:`.targets.wedge_dropblock`).
 - Targets: a Gaussian at every labelled centre. Background voxels are only
   *unlabeled* (most particles carry no label), so their loss is down-weighted
   (``unlabeled_weight``) instead of being a full negative.
-- Teacher: an exponential moving average of the student. After
+- Teacher: an exponential moving average of the student (decay ``min(ema,
+  1 - 1/(step + 1))``, so it is not stuck near its random start). After
   ``unsup_start`` of the steps it predicts every crop under ``views`` views;
   peaks that every view puts above ``pseudo_threshold`` become pseudo-labels
   (added to the targets of the labelled crops, and the only targets of the
@@ -141,8 +142,8 @@ def detector_step_fn(pair: StudentTeacher, ctx: StepContext, device: torch.devic
     def step_fn(step: int):
         rng = np.random.default_rng([cfg.seed, step, 3])
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        if cfg.semi and step > 0:
-            ema_update(pair.teacher, pair.student, cfg.ema)
+        if cfg.semi and step > 0:  # the usual warm-up: a young teacher follows closely
+            ema_update(pair.teacher, pair.student, min(cfg.ema, 1.0 - 1.0 / (step + 1)))
         semi_now = cfg.semi and step >= ctx.semi_start
         n_lab = cfg.batch_labeled + (0 if cfg.semi else cfg.batch_unlabeled)
         n_unl = cfg.batch_unlabeled if cfg.semi else 0

@@ -50,7 +50,7 @@ class TestFewShotPickTomo(BaseTest):
         labels.importTomograms.set(cls.tomos)
         cls.launchProtocol(labels)
         cls.labels = labels.outputCoordinates
-        pick = cls.newProtocol(FewShotProtPickTomo, modelSize=0, steps=40, useGpu=False)
+        pick = cls.newProtocol(FewShotProtPickTomo, modelSize=0, steps=30, useGpu=False)
         pick.inputTomograms.set(cls.tomos)
         pick.inputCoordinates.set(cls.labels)
         cls.launchProtocol(pick)
