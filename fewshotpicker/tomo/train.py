@@ -51,19 +51,23 @@ class StudentTeacher(nn.Module):
             p.requires_grad_(False)
 
 
-def focal_heatmap_loss(logits: torch.Tensor, target: torch.Tensor,
-                       unlabeled_weight: float) -> torch.Tensor:
+def focal_heatmap_loss(logits: torch.Tensor, target: torch.Tensor, unlabeled_weight: float,
+                       crop_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
     """CenterNet's penalty-reduced focal loss with down-weighted background.
 
     logits, target: ``(b, C, d, h, w)``; target is 1 at centres, Gaussian around them.
     Voxels with target < 1 are pushed down by ``(1 - target)^4 p^2 log(1 - p)``, times
-    ``unlabeled_weight`` (unlabeled, not known negatives). Normalised by the number of
-    centres (at least 1).
+    ``unlabeled_weight`` (unlabeled, not known negatives). ``crop_weight`` ``(b,)``
+    scales each crop's share. Normalised by the number of centres in the whole batch
+    (at least 1), so a crop without any centre adds background loss at the same scale
+    as one with centres instead of dominating the step.
     """
     p = torch.sigmoid(logits.float()).clamp(1e-4, 1 - 1e-4)
     pos = target >= 0.999
-    pos_loss = ((1 - p) ** 2 * torch.log(p))[pos].sum()
-    neg = (~pos).float() * (1 - target) ** 4 * p ** 2 * torch.log(1 - p)
+    w = torch.ones(len(logits), device=logits.device) if crop_weight is None else crop_weight
+    w = w.view(-1, *([1] * (logits.dim() - 1))).float()
+    pos_loss = (w * (1 - p) ** 2 * torch.log(p))[pos].sum()
+    neg = w * (~pos).float() * (1 - target) ** 4 * p ** 2 * torch.log(1 - p)
     return -(pos_loss + unlabeled_weight * neg.sum()) / max(1, int(pos.sum()))
 
 
@@ -146,7 +150,7 @@ def detector_step_fn(pair: StudentTeacher, ctx: StepContext, device: torch.devic
             ema_update(pair.teacher, pair.student, min(cfg.ema, 1.0 - 1.0 / (step + 1)))
         semi_now = cfg.semi and step >= ctx.semi_start
         n_lab = cfg.batch_labeled + (0 if cfg.semi else cfg.batch_unlabeled)
-        n_unl = cfg.batch_unlabeled if cfg.semi else 0
+        n_unl = cfg.batch_unlabeled if semi_now else 0
         crops = [ctx.labelled(rng) for _ in range(n_lab)] + [ctx.anywhere(rng)
                                                              for _ in range(n_unl)]
         x = torch.stack([c[0] for c in crops]).to(device)
@@ -162,13 +166,11 @@ def detector_step_fn(pair: StudentTeacher, ctx: StepContext, device: torch.devic
         pair.student.train()
         with autocast(device):
             logits = pair.student(x)
-        loss_l = focal_heatmap_loss(logits[:n_lab], t[:n_lab], cfg.unlabeled_weight)
-        loss = loss_l
-        if semi_now and n_unl:
-            ramp = min(1.0, (step - ctx.semi_start + 1) / max(1.0, 0.2 * cfg.steps))
-            loss = loss + cfg.unsup_weight * ramp * focal_heatmap_loss(
-                logits[n_lab:], t[n_lab:], cfg.unlabeled_weight)
-        return loss, {"supervised": float(loss_l.detach()), "pseudo_labels": n_pseudo}
+        ramp = min(1.0, (step - ctx.semi_start + 1) / max(1.0, 0.2 * cfg.steps)) \
+            if semi_now else 0.0
+        weight = torch.tensor([1.0] * n_lab + [cfg.unsup_weight * ramp] * n_unl, device=device)
+        loss = focal_heatmap_loss(logits, t, cfg.unlabeled_weight, weight)
+        return loss, {"pseudo_labels": n_pseudo, "pseudo_weight": ramp * cfg.unsup_weight}
 
     return step_fn
 

@@ -84,3 +84,17 @@ class TestFewShotPickTomo(BaseTest):
                       summary)
         slices = os.listdir(self.pick._getExtraPath("pick3d", "slices"))
         self.assertEqual(len(slices), 2)
+
+    def test_viewers_show_the_slices_and_the_loss_curves(self):
+        from pyworkflow.gui.plotter import Plotter
+        from scipion_fewshotpicker.viewers import FewShotCurvesViewer, FewShotTomoPicksViewer
+        Plotter.setBackend("Agg")
+        viewer = FewShotTomoPicksViewer(project=self.proj)
+        viewer.setProtocol(self.pick)
+        viewer.tomoIndex.set(2)
+        second = list(self.tomos.iterItems())[1]
+        self.assertTrue(viewer.figurePath().endswith("tomo_%06d.png" % second.getObjId()))
+        plot = viewer._getVisualizeDict()["doShowSlices"]()[0]
+        self.assertGreater(plot.getFigure().axes[0].images[0].get_array().shape[1], 100)
+        curves = FewShotCurvesViewer(project=self.proj)._visualize(self.pick)
+        self.assertGreater(curves[0].getFigure().axes[0].images[0].get_array().shape[0], 100)
