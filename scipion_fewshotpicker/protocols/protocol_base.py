@@ -33,6 +33,14 @@ class FewShotProtBase:
         for step in (self.convertInputStep, runStep, self.createOutputStep):
             self._insertFunctionStep(step.__name__)
 
+    def engineSummary(self):
+        """The engine run's ``summary.json`` as a dict, or None before it has run."""
+        path = os.path.join(self._modelFolder(), "summary.json")
+        if not os.path.exists(path):
+            return None
+        with open(path) as fh:
+            return json.load(fh)
+
     def _withModelLine(self, lines):
         """Summary lines, plus where the output model lies once there is one."""
         if self.hasAttribute("outputModel"):

@@ -1,5 +1,4 @@
 """FewShotProtPickTomo: pick tomograms from a few labelled particles (3D heatmap detector)."""
-import json
 import os
 
 import pyworkflow.object as pwobj
@@ -134,15 +133,8 @@ class FewShotProtPickTomo(ProtTomoPicking, FewShotProtBase):
             errors.append("The probability to keep must lie between 0 and 1.")
         return errors
 
-    def _engineSummary(self):
-        path = os.path.join(self._modelFolder(), "summary.json")
-        if not os.path.exists(path):
-            return None
-        with open(path) as fh:
-            return json.load(fh)
-
     def _summary(self):
-        result = self._engineSummary()
+        result = self.engineSummary()
         if result is None:
             return ["Not run yet."]
         per = result["per_tomogram"]
@@ -152,7 +144,7 @@ class FewShotProtPickTomo(ProtTomoPicking, FewShotProtBase):
                 "Cutoffs: " + ", ".join(f"{k} {v['cutoff']:.2f}" for k, v in per.items())]
 
     def _methods(self):
-        result = self._engineSummary()
+        result = self.engineSummary()
         if result is None:
             return []
         return [f"Particles were picked in {len(result['per_tomogram'])} tomograms with a 3D "

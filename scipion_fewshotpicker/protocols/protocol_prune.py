@@ -204,16 +204,8 @@ class FewShotProtPrune(EMProtocol, FewShotProtBase):
                     "or fine-tuned model judges picks far better."]
         return []
 
-    def _engineSummary(self):
-        import os
-        path = self._getExtraPath("prune", "summary.json")
-        if not os.path.exists(path):
-            return None
-        with open(path) as fh:
-            return json.load(fh)
-
     def _summary(self):
-        result = self._engineSummary()
+        result = self.engineSummary()
         if result is None:
             return ["Not run yet."]
         return [f"{result['picks']} picks: {result['kept']} kept, {result['rejected']} "
@@ -223,7 +215,7 @@ class FewShotProtPrune(EMProtocol, FewShotProtBase):
                 f"Gallery of rejected and borderline picks: {result['files']['gallery']}"]
 
     def _methods(self):
-        result = self._engineSummary()
+        result = self.engineSummary()
         if result is None:
             return []
         return [f"{result['picks']} picks were judged by a positive-unlabeled classifier "
