@@ -166,3 +166,8 @@ def test_pick3d_command_reuses_a_model_and_refuses_bad_labels(small_tomograms, t
                           "--out", str(tmp_path / "c")]) == 2
     assert "outside.star: 1 label(s) lie outside the 96 x 96 x 32 voxel tomogram" in \
         capsys.readouterr().err
+    zero = truth.iloc[:3].assign(**{"class": 0})
+    write_coordinate_table(zero, tmp_path / "zero.star")
+    assert main(common + ["--labels", str(tmp_path / "zero.star"),
+                          "--out", str(tmp_path / "d")]) == 2
+    assert "zero.star: rlnClassNumber must be 1 or more" in capsys.readouterr().err

@@ -78,6 +78,9 @@ def labels_per_tomogram(labels: pd.DataFrame, tomos: List[Tomogram], source: str
             raise InputError(f"{source}: {int(outside.sum())} label(s) lie outside the "
                              f"{w} x {h} x {d} voxel tomogram {key}.")
         klass = g["class"].to_numpy(int) if "class" in g else np.ones(len(g), int)
+        if (klass < 1).any():
+            raise InputError(f"{source}: rlnClassNumber must be 1 or more (one number per "
+                             f"species), found {int(klass.min())}.")
         out[key] = (xyz, klass)
     return out
 
