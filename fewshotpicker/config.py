@@ -268,7 +268,7 @@ class Pick3dConfig:
     semi: bool = True                 # teacher-student; False = supervised only
     ema: float = 0.99                 # teacher decay
     views: int = 4                    # views that must agree on a pseudo-label (max 6)
-    pseudo_threshold: float = 0.5     # teacher probability every view must exceed
+    pseudo_threshold: float = 0.2     # x the teacher's response at the labelled centres
     unsup_weight: float = 1.0         # weight of the pseudo-label loss after its ramp
     unsup_start: float = 0.25         # fraction of the steps before pseudo-labels are used
     unlabeled_weight: float = 0.25    # weight of background voxels (they may hide particles)

@@ -38,8 +38,18 @@ def draw_labels(truth: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame
 
 def unlabelled_scores(picks: pd.DataFrame, truth: pd.DataFrame, labels: pd.DataFrame,
                       radius: float) -> dict:
-    """CZII figures against the particles without a label; picks on a labelled particle
-    are dropped first (they are neither right nor wrong here)."""
+    """CZII figures against the particles without a label (species must match), and F1
+    ignoring the species (``f1_any``: is the particle found at all); picks on a labelled
+    particle are dropped first (they are neither right nor wrong here)."""
+    scores = czii_scores(picks, truth, labels, radius)
+    anyone = czii_scores(picks.assign(**{"class": 1}), truth.assign(**{"class": 1}), labels,
+                         radius)
+    return {**scores, "f1_any": anyone["f1"]}
+
+
+def czii_scores(picks: pd.DataFrame, truth: pd.DataFrame, labels: pd.DataFrame,
+                radius: float) -> dict:
+    """Pooled CZII precision, recall, F1 and F-beta 4 on the unlabelled particles."""
     def on_labels(table):
         hit = np.zeros(len(table), bool)
         for key, g in table.groupby(table["micrograph"].astype(str).map(micrograph_key)):

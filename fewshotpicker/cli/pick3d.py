@@ -35,6 +35,9 @@ def add_parser(sub) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--crop", type=int, help="training crop side, voxels (default 48)")
     p.add_argument("--views", type=int, help="views a pseudo-label must agree on (4)")
+    p.add_argument("--pseudo-threshold", type=float,
+                   help="a pseudo-label needs this fraction of the teacher's response at the "
+                        "labelled particles, in every view (0.2)")
     p.add_argument("--supervised-only", dest="semi", action="store_const", const=False,
                    help="train on the labels alone (no teacher, no pseudo-labels)")
     p.add_argument("--threshold", help="auto (default) or a probability")

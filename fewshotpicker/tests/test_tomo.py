@@ -5,10 +5,10 @@ import torch
 
 from fewshotpicker.tomo.data import tiles
 from fewshotpicker.tomo.detect import suppress_across_classes, tomogram_cutoff
-from fewshotpicker.tomo.targets import (VIEWS, agreed_pseudo_labels, apply_view, ema_update,
-                                        gaussian_heatmap, invert_view, local_peaks,
-                                        wedge_dropblock)
-from fewshotpicker.tomo.train import focal_heatmap_loss
+from fewshotpicker.tomo.targets import (VIEWS, apply_view, ema_update, gaussian_heatmap,
+                                        invert_view, local_peaks, wedge_dropblock)
+from fewshotpicker.tomo.train import (StudentTeacher, agreed_views, focal_heatmap_loss,
+                                      label_response, pseudo_targets, pseudo_threshold)
 from fewshotpicker.tomo.unet3d import UNet3d, UNetConfig
 
 
@@ -38,14 +38,68 @@ def test_every_view_is_inverted_exactly():
     assert not torch.equal(apply_view(x, VIEWS[3]), x)
 
 
-def test_multi_view_agreement_rejects_a_detection_one_view_misses():
-    agreed = np.array([[10, 10, 8]])   # x, y, z: every view sees it
-    only_one = np.array([[30, 28, 12]])  # a single view sees it
-    base = gaussian_heatmap((20, 40, 40), agreed, np.ones(1, int), 1, 2.0)
-    extra = gaussian_heatmap((20, 40, 40), only_one, np.ones(1, int), 1, 2.0)
-    views = torch.stack([base * 0.9, torch.maximum(base * 0.8, extra), base * 0.95])
-    found = agreed_pseudo_labels(views, radius=3, threshold=0.5).numpy()
-    assert [tuple(p) for p in found[:, [3, 2, 1]]] == [(10, 10, 8)]
+class FixedPeaks(torch.nn.Module):
+    """A fake teacher: logits +6 at a voxel in the exact middle of every crop (the same
+    in every view) and at a fixed array corner (a different place in each view)."""
+
+    def forward(self, x):
+        out = torch.full_like(x, -6.0)
+        d, h, w = x.shape[-3:]
+        out[..., d // 2, h // 2, w // 2] = 6.0
+        out[..., 2, 3, 4] = 6.0
+        return out
+
+
+def test_multi_view_agreement_rejects_a_detection_the_views_disagree_on():
+    x = torch.zeros(1, 1, 9, 21, 21)  # odd sides: the middle voxel is fixed by every view
+    agreed = agreed_views(FixedPeaks(), x, 4)
+    assert agreed.shape == (1, 1, 9, 21, 21)
+    assert agreed[0, 0, 4, 10, 10] > 0.99 and agreed[0, 0, 2, 3, 4] < 0.01
+    none = torch.zeros_like(agreed)
+    targets = pseudo_targets(agreed, none, 0.5, radius=3, sigma=1.0)
+    assert (targets >= 0.999).nonzero().tolist() == [[0, 0, 4, 10, 10]]
+    single = agreed_views(FixedPeaks(), x, 1)  # one view: the corner passes too
+    assert len((pseudo_targets(single, none, 0.5, 3, 1.0) >= 0.999).nonzero()) == 2
+    # a peak on a labelled particle is not a pseudo-label (the label already says it)
+    labelled = gaussian_heatmap((9, 21, 21), np.array([[10.0, 10.0, 4.0]]), np.ones(1, int),
+                                1, 1.0)[None]
+    assert len((pseudo_targets(single, labelled, 0.5, 3, 1.0) >= 0.999).nonzero()) == 1
+
+
+def test_pseudo_labels_are_species_agnostic_and_follow_the_labelled_response():
+    target = gaussian_heatmap((8, 8, 8), np.array([[4.0, 4.0, 4.0]]), np.ones(1, int), 2,
+                              1.0)[None]
+    agreed = torch.full((1, 2, 8, 8, 8), 0.1)
+    agreed[0, 1, 4, 4, 5] = 0.6  # the other species' channel, one voxel off
+    assert float(label_response(agreed, target)) == pytest.approx(0.6)
+    assert torch.isnan(label_response(agreed, torch.zeros_like(target)))
+    pair = StudentTeacher(UNetConfig(width=4, n_classes=2, levels=2))
+    assert float(pair.track_response(torch.tensor(0.6))) == pytest.approx(0.6)
+    pair.track_response(torch.tensor(float("nan")))  # nothing seen: unchanged
+    pair.track_response(torch.tensor(0.2), momentum=0.9)
+    assert float(pair.response) == pytest.approx(0.9 * 0.6 + 0.1 * 0.2)
+    assert "response" in pair.state_dict()  # resumed with the weights
+    assert pseudo_threshold(torch.tensor(0.8), 0.2) == pytest.approx(0.16)
+    assert pseudo_threshold(torch.tensor(0.1), 0.2) > 1  # an untrained teacher labels nothing
+    assert pseudo_threshold(torch.tensor(float("nan")), 0.2) > 1
+
+
+def test_a_pseudo_label_pulls_up_the_likeliest_species_only():
+    anywhere = gaussian_heatmap((8, 8, 8), np.array([[4.0, 4.0, 4.0]]), np.ones(1, int), 1,
+                                1.0)[None]
+    empty = torch.zeros(1, 2, 8, 8, 8)
+    logits = torch.full((1, 2, 8, 8, 8), -4.0, requires_grad=True)
+    with torch.no_grad():
+        logits[0, 0, 4, 4, 4] = 1.0  # species 1 is the likelier one there
+    focal_heatmap_loss(logits, empty, 0.25, anywhere=anywhere).backward()
+    assert logits.grad[0, 0, 4, 4, 4] < 0  # pulled up
+    assert logits.grad[0, 1, 4, 4, 4] == 0  # left alone
+    # and the background next to it is pushed down less than without the pseudo-label
+    plain = torch.full((1, 2, 8, 8, 8), -1.0, requires_grad=True)
+    focal_heatmap_loss(plain, empty, 0.25).backward()
+    near = torch.full((1, 2, 8, 8, 8), -1.0, requires_grad=True)
+    focal_heatmap_loss(near, empty, 0.25, anywhere=anywhere).backward()
+    assert 0 < near.grad[0, 0, 4, 4, 5] < plain.grad[0, 0, 4, 4, 5]
 
 
 def test_ema_update_is_exact():
@@ -68,8 +122,8 @@ def test_wedge_dropblock_replaces_z_elongated_blocks_only():
 
 def test_tile_cores_partition_the_volume():
     shape, seen = (30, 70, 50), np.zeros((30, 70, 50), int)
-    for lo, size, core_lo, core_hi in tiles(shape, 32, 8):
-        assert (size % 4 == 0).all() and (lo == core_lo - 8).all()
+    for lo, size, core_lo, core_hi in tiles(shape, 32, 8, 8):
+        assert (size % 8 == 0).all() and (lo == core_lo - 8).all()
         seen[core_lo[0]:core_hi[0], core_lo[1]:core_hi[1], core_lo[2]:core_hi[2]] += 1
     assert (seen == 1).all()
 
@@ -85,10 +139,22 @@ def test_focal_loss_rewards_the_right_heatmap_and_weights_the_background():
     full = focal_heatmap_loss(background_only, target, 1.0)
     assert focal_heatmap_loss(background_only, target, 0.25) == pytest.approx(
         0.25 * float(full), rel=1e-3)
+    # two species: the second channel firing on the first species' particle is a known
+    # mistake and costs in full, not at the unlabelled weight
+    two = torch.cat([target, torch.zeros_like(target)], dim=1)
+    right = torch.stack([good[:, 0], torch.full_like(good[:, 0], -4.0)], dim=1)
+    wrong = right.clone()
+    wrong[:, 1][target[:, 0] >= 0.5] = 2.0
+    extra_full = focal_heatmap_loss(wrong, two, 1.0) - focal_heatmap_loss(right, two, 1.0)
+    extra_low = focal_heatmap_loss(wrong, two, 0.25) - focal_heatmap_loss(right, two, 0.25)
+    assert float(extra_full) > 0
+    assert float(extra_low) == pytest.approx(float(extra_full), rel=1e-4)
 
 
-def test_unet_keeps_the_shape_and_starts_near_no_particle():
-    net = UNet3d(UNetConfig(width=4, n_classes=2))
+@pytest.mark.parametrize("levels", [2, 3])
+def test_unet_keeps_the_shape_and_starts_near_no_particle(levels):
+    net = UNet3d(UNetConfig(width=4, n_classes=2, levels=levels))
+    assert net.multiple == 2 ** levels
     out = net(torch.randn(1, 1, 16, 24, 32))
     assert out.shape == (1, 2, 16, 24, 32)
     assert torch.sigmoid(out).mean() < 0.1
@@ -171,3 +237,20 @@ def test_pick3d_command_reuses_a_model_and_refuses_bad_labels(small_tomograms, t
     assert main(common + ["--labels", str(tmp_path / "zero.star"),
                           "--out", str(tmp_path / "d")]) == 2
     assert "zero.star: rlnClassNumber must be 1 or more" in capsys.readouterr().err
+
+
+def test_tomo_benchmark_scores_unlabelled_particles_with_and_without_species():
+    import pandas as pd
+    from fewshotpicker.benchmarks.tomo import unlabelled_scores
+    truth = pd.DataFrame({"micrograph": ["t.mrc"] * 4, "x": [10.0, 40.0, 70.0, 100.0],
+                          "y": [10.0, 40.0, 70.0, 100.0], "z": [10.0] * 4,
+                          "class": [1, 2, 1, 2]})
+    labels = truth.iloc[[2]]
+    picks = pd.DataFrame({"micrograph": ["t.mrc"] * 4, "x": [11.0, 40.0, 70.0, 150.0],
+                          "y": [10.0, 41.0, 70.0, 150.0], "z": [10.0] * 4,
+                          "class": [1, 1, 1, 2], "score": [0.9, 0.8, 0.7, 0.6]})
+    scores = unlabelled_scores(picks, truth, labels, radius=8.0)
+    # right species at the first particle only; the pick on the label is left out
+    assert scores["precision"] == pytest.approx(1 / 3) and scores["recall"] == pytest.approx(1 / 3)
+    assert scores["f1"] == pytest.approx(1 / 3)
+    assert scores["f1_any"] == pytest.approx(2 / 3)  # the wrong-species pick found a particle

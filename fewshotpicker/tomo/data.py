@@ -85,15 +85,17 @@ def labels_per_tomogram(labels: pd.DataFrame, tomos: List[Tomogram], source: str
     return out
 
 
-def crop_size(cfg_crop: int, shape: Tuple[int, int, int]) -> np.ndarray:
-    """Cubic crop side, at most each volume side, a multiple of 4: ``(3,)`` (z, y, x)."""
-    return np.array([max(4, (min(cfg_crop, s) // 4) * 4) for s in shape])
+def crop_size(cfg_crop: int, shape: Tuple[int, int, int], multiple: int) -> np.ndarray:
+    """Cubic crop side, at most each volume side, a multiple of ``multiple`` (what the
+    network takes): ``(3,)`` (z, y, x)."""
+    return np.array([max(multiple, (min(cfg_crop, s) // multiple) * multiple) for s in shape])
 
 
-def tiles(shape: Tuple[int, int, int], core: int, halo: int) -> Iterator[tuple]:
+def tiles(shape: Tuple[int, int, int], core: int, halo: int,
+          multiple: int) -> Iterator[tuple]:
     """Tiles covering a volume: ``(lo, size, core_lo, core_hi)`` (z, y, x arrays) where the
     core regions partition the volume and ``size`` (core plus a halo on each side,
-    rounded up to a multiple of 4) is what the network sees."""
+    rounded up to a multiple of ``multiple``) is what the network sees."""
     shape = np.array(shape)
     starts = [range(0, s, core) for s in shape]
     for z in starts[0]:
@@ -103,4 +105,4 @@ def tiles(shape: Tuple[int, int, int], core: int, halo: int) -> Iterator[tuple]:
                 core_hi = np.minimum(core_lo + core, shape)
                 lo = core_lo - halo
                 size = core_hi - core_lo + 2 * halo
-                yield lo, ((size + 3) // 4) * 4, core_lo, core_hi
+                yield lo, -(-size // multiple) * multiple, core_lo, core_hi

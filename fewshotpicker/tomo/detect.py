@@ -30,7 +30,7 @@ def detect(model: UNet3d, tomo: Tomogram, radius: int, tile: int,
     model.eval()
     rows = []
     halo = radius + 16
-    for lo, size, core_lo, core_hi in tiles(tomo.shape, tile, halo):
+    for lo, size, core_lo, core_hi in tiles(tomo.shape, tile, halo, model.multiple):
         x = tomo.read(lo, size)[None].to(device)
         with inference_autocast(device):
             prob = torch.sigmoid(model(x).float())[0]

@@ -78,18 +78,6 @@ def cube_max(heat: torch.Tensor, radius: int) -> torch.Tensor:
     return x[0]
 
 
-def agreed_pseudo_labels(view_probs: torch.Tensor, radius: int, threshold: float) -> torch.Tensor:
-    """Pseudo-label centres that every view agrees on.
-
-    view_probs: ``(V, C, d, h, w)`` teacher probabilities of V views, each already
-    mapped back to the original orientation. A voxel is a pseudo-label when it
-    is a peak of the views' minimum, i.e. every view gives it more than
-    ``threshold``: a detection one view makes and another does not is dropped.
-    Returns ``(n, 4)`` indices ``(c, z, y, x)``.
-    """
-    return local_peaks(view_probs.min(dim=0).values, radius, threshold)
-
-
 def wedge_dropblock(x: torch.Tensor, n_blocks: int, size_xy: int, elongation: float,
                     generator: torch.Generator) -> torch.Tensor:
     """DropBlock for tomograms: replace ``n_blocks`` random cuboids of each volume
