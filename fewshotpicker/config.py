@@ -268,7 +268,7 @@ class Pick3dConfig:
     semi: bool = True                 # teacher-student; False = supervised only
     ema: float = 0.99                 # teacher decay
     views: int = 4                    # views that must agree on a pseudo-label (max 6)
-    pseudo_threshold: float = 0.2     # x the teacher's response at the labelled centres
+    pseudo_threshold: float = 0.4     # x the teacher's response at the labelled centres
     unsup_weight: float = 1.0         # weight of the pseudo-label loss after its ramp
     unsup_start: float = 0.25         # fraction of the steps before pseudo-labels are used
     unlabeled_weight: float = 0.25    # weight of background voxels (they may hide particles)
@@ -276,6 +276,7 @@ class Pick3dConfig:
     sigma: float = 0.0                # target Gaussian, voxels (0 = box / 8)
     min_distance: float = 0.0         # between picks (0 = the particle radius)
     threshold: str = "auto"           # auto (mixture of peak scores) | a probability
+    species_by: str = "profile"       # profile (nearest labelled radial profile) | network
     tile: int = 96                    # picking tile core side (memory: tiles, not tomograms)
     checkpoint_every: int = 100
     device: str = "auto"

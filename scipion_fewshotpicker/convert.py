@@ -100,7 +100,10 @@ def tomoKey(tomo):
 
 def writeTomoLabels(coords, tomosByTsId, path):
     """Write 3D labels (voxels from the tomogram's first voxel, RELION 4 columns) for the
-    coordinates whose tomogram is in ``tomosByTsId``; returns how many were written."""
+    coordinates whose tomogram is in ``tomosByTsId``; returns how many were written.
+
+    When every such coordinate carries a group id of 1 or more, it is written as the
+    species (``rlnClassNumber``), so one run picks several species."""
     import pandas as pd
     from tomo.constants import BOTTOM_LEFT_CORNER
     from fewshotpicker.io.coordinates import write_coordinate_table
@@ -110,8 +113,13 @@ def writeTomoLabels(coords, tomosByTsId, path):
         if tomo is not None:
             coord.setVolume(tomo)
             x, y, z = coord.getPosition(BOTTOM_LEFT_CORNER)
-            rows.append((tomoKey(tomo), x, y, z))
-    table = pd.DataFrame(rows, columns=["micrograph", "x", "y", "z"])
+            rows.append((tomoKey(tomo), x, y, z, coord.getGroupId()))
+    table = pd.DataFrame(rows, columns=["micrograph", "x", "y", "z", "class"])
+    species = pd.to_numeric(table["class"], errors="coerce")
+    if len(table) and species.notna().all() and (species >= 1).all():
+        table["class"] = species.astype(int)
+    else:
+        table = table.drop(columns="class")
     write_coordinate_table(table, path)
     return len(rows)
 

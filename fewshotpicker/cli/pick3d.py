@@ -37,10 +37,14 @@ def add_parser(sub) -> None:
     p.add_argument("--views", type=int, help="views a pseudo-label must agree on (4)")
     p.add_argument("--pseudo-threshold", type=float,
                    help="a pseudo-label needs this fraction of the teacher's response at the "
-                        "labelled particles, in every view (0.2)")
+                        "labelled particles, in every view (0.4)")
     p.add_argument("--supervised-only", dest="semi", action="store_const", const=False,
                    help="train on the labels alone (no teacher, no pseudo-labels)")
     p.add_argument("--threshold", help="auto (default) or a probability")
+    p.add_argument("--species-by", choices=["profile", "network"],
+                   help="several species: each pick gets the species whose labelled radial "
+                        "profile is nearest (profile, default) or of the detector's most "
+                        "probable channel (network)")
     p.add_argument("--min-distance", type=float, help="voxels between picks (radius)")
     p.add_argument("--tile", type=int, help="picking tile side, voxels (default 96)")
     p.add_argument("--checkpoint-every", type=int)

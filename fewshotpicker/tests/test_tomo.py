@@ -254,3 +254,25 @@ def test_tomo_benchmark_scores_unlabelled_particles_with_and_without_species():
     assert scores["precision"] == pytest.approx(1 / 3) and scores["recall"] == pytest.approx(1 / 3)
     assert scores["f1"] == pytest.approx(1 / 3)
     assert scores["f1_any"] == pytest.approx(2 / 3)  # the wrong-species pick found a particle
+
+
+def test_radial_profile_prototypes_tell_two_sizes_apart_from_one_label_each():
+    from pathlib import Path
+    from fewshotpicker.tomo.data import Tomogram
+    from fewshotpicker.tomo.species import (class_prototypes, nearest_species,
+                                            radial_profiles)
+    rng = np.random.default_rng(0)
+    vol = rng.normal(0, 1.0, (24, 96, 96)).astype(np.float32)
+    zz, yy, xx = np.mgrid[:24, :96, :96]
+    centres = np.array([[12, 12, 12], [40, 15, 12], [70, 20, 12], [15, 60, 12], [45, 70, 12],
+                        [75, 75, 12]], float)  # x, y, z
+    sizes = np.array([9.0, 9.0, 9.0, 4.0, 4.0, 4.0])  # radii: two species
+    for (x, y, z), r in zip(centres, sizes):
+        vol[(xx - x) ** 2 + (yy - y) ** 2 + (zz - z) ** 2 <= r ** 2] -= 1.5  # dark protein
+    tomo = Tomogram(Path("t.mrc"), vol, 10.0, 0.0, 1.0)
+    profiles = radial_profiles(tomo, centres, 12)
+    assert profiles.shape == (6, 13)
+    assert profiles[0, 6] < -0.7 and abs(profiles[3, 8]) < 0.5  # ring 6: inside big only
+    protos = class_prototypes(profiles[[0, 3]], np.array([1, 2]))
+    assert nearest_species(profiles, protos).tolist() == [1, 1, 1, 2, 2, 2]
+    assert nearest_species(np.empty((0, 13)), protos).tolist() == []

@@ -21,12 +21,14 @@ from ..io.coordinates import empty_coordinates, micrograph_key, write_tomo_coord
 from .data import labels_per_tomogram, open_tomogram
 from .detect import detect, suppress_across_classes, tomogram_cutoff
 from .plots import plot_slices
+from .species import class_prototypes, nearest_species, profile_radius, radial_profiles
 from .train import train_detector
 from .unet3d import UNET_SIZES, UNet3d, UNetConfig
 
 log = logging.getLogger("fewshotpicker")
 KIND = "tomo"
 MIN_LABELS = 2
+SPECIES_RULES = ("profile", "network")
 
 
 def check_settings(cfg: Pick3dConfig, labels: Optional[pd.DataFrame], source: str) -> None:
@@ -38,6 +40,9 @@ def check_settings(cfg: Pick3dConfig, labels: Optional[pd.DataFrame], source: st
     if not cfg.model and (labels is None or len(labels) < MIN_LABELS):
         raise InputError(f"{source}: holds {0 if labels is None else len(labels)} label(s); "
                          f"at least {MIN_LABELS} are needed to train.")
+    if cfg.species_by not in SPECIES_RULES:
+        raise InputError(f"--species-by must be one of {', '.join(SPECIES_RULES)}, "
+                         f"not {cfg.species_by!r}.")
     if cfg.threshold != "auto":
         try:
             ok = 0 < float(cfg.threshold) < 1
@@ -56,29 +61,57 @@ def load_detector(path: str, device: torch.device) -> tuple:
     return model.to(device), payload
 
 
+def label_prototypes(tomos, per_tomo: dict, box: float) -> dict:
+    """Radial-profile prototypes of the labelled species (see :mod:`.species`):
+    ``{"radius": R, "prototypes": {class: [R + 1 floats]}}``."""
+    radius = profile_radius(box)
+    by_key = {t.key: t for t in tomos}
+    profiles, classes = [], []
+    for key, (centres, klass) in per_tomo.items():
+        profiles.append(radial_profiles(by_key[key], centres, radius))
+        classes.append(klass)
+    protos = class_prototypes(np.concatenate(profiles), np.concatenate(classes))
+    return {"radius": radius, "prototypes": {k: v.tolist() for k, v in protos.items()}}
+
+
 def obtain_detector(cfg: Pick3dConfig, tomos, labels, out_dir: Path, device, source: str,
                     progress) -> tuple:
-    """Load ``cfg.model`` or train one; returns ``(model, classes, history)``."""
+    """Load ``cfg.model`` or train one; returns ``(model, classes, species prototypes,
+    history)``."""
     if cfg.model:
         model, payload = load_detector(cfg.model, device)
-        return model, payload["n_classes"], []
+        return model, payload["n_classes"], payload.get("species"), []
     per_tomo = labels_per_tomogram(labels, tomos, source)
     n_classes = int(max(k.max() for _, k in per_tomo.values()))
     model, history = train_detector(cfg, tomos, per_tomo, n_classes, out_dir, device, progress)
+    species = label_prototypes(tomos, per_tomo, cfg.box) if n_classes > 1 else None
     save_checkpoint(out_dir / MODEL_FILE, {
         "kind": KIND, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "unet": asdict(model.cfg), "n_classes": n_classes, "box": cfg.box,
-        "config": to_dict(cfg)})
-    return model, n_classes, history
+        "species": species, "config": to_dict(cfg)})
+    return model, n_classes, species, history
 
 
-def pick_all(model, tomos, cfg: Pick3dConfig, device, progress) -> tuple:
-    """Picks of every tomogram above its cutoff; returns ``(picks, per-tomogram summary)``."""
+def assign_species(cands: pd.DataFrame, tomo, species: Optional[dict]) -> pd.DataFrame:
+    """Replace the detector's species by the nearest labelled radial profile."""
+    if not species or not len(cands):
+        return cands
+    protos = {int(k): np.asarray(v) for k, v in species["prototypes"].items()}
+    profiles = radial_profiles(tomo, cands[["x", "y", "z"]].to_numpy(), species["radius"])
+    return cands.assign(**{"class": nearest_species(profiles, protos)})
+
+
+def pick_all(model, tomos, cfg: Pick3dConfig, device, progress,
+             species: Optional[dict] = None) -> tuple:
+    """Picks of every tomogram above its cutoff, their species from ``species``
+    prototypes when given (else the detector's channels); returns ``(picks,
+    per-tomogram summary)``."""
     radius = max(1, int(round(cfg.min_distance or cfg.box / 2.0)))
     frames, summary = [], {}
     for tomo in (progress(tomos, desc="pick") if progress else tomos):
         start = time.perf_counter()
         cands = suppress_across_classes(detect(model, tomo, radius, cfg.tile, device), radius)
+        cands = assign_species(cands, tomo, species)
         cut = tomogram_cutoff(cands["score"].to_numpy(), cfg.threshold) if len(cands) else 0.5
         kept = cands[cands["score"] >= cut].assign(micrograph=str(tomo.path))
         frames.append(kept)
@@ -117,14 +150,16 @@ def pick3d(cfg: Pick3dConfig, tomograms: List[Path], labels: Optional[pd.DataFra
     device = resolve_device(cfg.device)
     tomos = [open_tomogram(p) for p in tomograms]
     start = time.perf_counter()
-    model, n_classes, history = obtain_detector(cfg, tomos, labels, out_dir, device, source,
-                                                progress)
+    model, n_classes, species, history = obtain_detector(cfg, tomos, labels, out_dir, device,
+                                                         source, progress)
     train_s = time.perf_counter() - start
-    picks, per_tomo = pick_all(model, tomos, cfg, device, progress)
+    by_profile = species if cfg.species_by == "profile" else None
+    picks, per_tomo = pick_all(model, tomos, cfg, device, progress, by_profile)
     files = write_outputs(picks, tomos, cfg.box, out_dir)
     log.info("%d picks in %d tomogram(s); %s", len(picks), len(tomos), files.get(
         "relion5", files["relion4"]))
     return {"picks": int(len(picks)), "classes": n_classes, "per_tomogram": per_tomo,
+            "species_by": cfg.species_by if n_classes > 1 else None,
             "train_seconds": train_s, "semi": cfg.semi, "device": str(device),
             "final_loss": history[-1]["loss"] if history else None, "files": files,
             "seconds_per_tomogram": float(np.mean([v["seconds"] for v in per_tomo.values()]))}

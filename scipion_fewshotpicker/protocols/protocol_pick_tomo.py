@@ -12,6 +12,7 @@ from .protocol_base import MODEL_SIZES, FewShotProtBase
 
 MIN_LABELS = 2
 THRESHOLDS = ["auto", "fixed"]
+SPECIES_RULES = ["profile", "network"]
 
 
 class FewShotProtPickTomo(ProtTomoPicking, FewShotProtBase):
@@ -34,7 +35,8 @@ class FewShotProtPickTomo(ProtTomoPicking, FewShotProtBase):
                       help="A few particle centres on some of the input tomograms (manual "
                            "picks or imported 3D coordinates), matched by tilt-series id. "
                            "Most particles may stay unlabelled: they are not taken as "
-                           "background.")
+                           "background. Several species: give each coordinate its species "
+                           "as group id (1, 2, ...).")
         form.addParam("boxSize", params.IntParam, default=0, label="Particle diameter (voxels)",
                       help="0: the box size of the labelled coordinates.")
         form.addParam("semi", params.BooleanParam, default=True,
@@ -54,6 +56,12 @@ class FewShotProtPickTomo(ProtTomoPicking, FewShotProtBase):
         form.addParam("threshold", params.FloatParam, default=0.5,
                       condition="thresholdMode == 1", label="Probability to keep",
                       help="Peaks with at least this probability become picks.")
+        form.addParam("speciesBy", params.EnumParam, choices=SPECIES_RULES, default=0,
+                      expertLevel=params.LEVEL_ADVANCED, label="Species from",
+                      help="Only with labels of several species (their group ids). profile: "
+                           "each pick gets the species whose labelled particles' radial "
+                           "density profile is nearest (works from one label per species). "
+                           "network: the detector's most probable species channel.")
         self._defineSeedParam(form)
         self._defineDeviceParams(form)
 
@@ -86,6 +94,7 @@ class FewShotProtPickTomo(ProtTomoPicking, FewShotProtBase):
                   "semi": bool(self.semi.get()), "size": MODEL_SIZES[self.modelSize.get()],
                   "threshold": "auto" if self.thresholdMode.get() == 0 else
                   str(self.threshold.get()),
+                  "species_by": SPECIES_RULES[self.speciesBy.get()],
                   "device": self.getDeviceSpec(single=True), "seed": self.seed.get()}
         config = self.writeEngineConfig("pick3d", values)
         self.runEngine("pick3d", config,

@@ -56,6 +56,31 @@ class TestFewShotPickTomo(BaseTest):
         cls.launchProtocol(pick)
         cls.pick = pick
 
+    def test_labels_carry_their_species_from_group_ids(self):
+        from scipion_fewshotpicker.convert import writeTomoLabels
+        tomos = {t.getTsId(): t.clone() for t in self.tomos.iterItems()}
+
+        class Labels:  # the labels as imported, given species 1, 2, 1, 2, ...
+            def __init__(self, items):
+                self.items = items
+
+            def iterItems(self):
+                return iter(self.items)
+
+        plain = [c.clone() for c in self.labels.iterItems()]
+        for coord in plain:
+            coord.setGroupId(None)
+        out = self.getOutputPath("plain.star")
+        self.assertEqual(writeTomoLabels(Labels(plain), tomos, out), 6)
+        with open(out) as f:
+            self.assertNotIn("rlnClassNumber", f.read())  # one species
+        grouped = [c.clone() for c in self.labels.iterItems()]
+        for i, coord in enumerate(grouped):
+            coord.setGroupId(1 + i % 2)
+        out = self.getOutputPath("grouped.star")
+        writeTomoLabels(Labels(grouped), tomos, out)
+        self.assertEqual(read_coordinates(out)["class"].tolist(), [1, 2] * 3)
+
     def test_picks_lie_on_the_truth_in_scipion_convention_with_tsids(self):
         coords = self.pick.output3DCoordinates
         self.assertEqual(coords.getBoxSize(), DIAMETER)
