@@ -17,6 +17,8 @@ Targets:
 - ``tomo``: tomogram picking from 1%, 5% and 20% labels, teacher-student against
   supervised-only, F-beta 4 and F1 (CZII rule) on the unlabelled particles,
   seconds per tomogram.
+- ``tomo-memory``: peak anonymous memory and seconds of tomogram picking over a
+  whole 1024 x 1024 x 300 volume (``--volume``), against the volume's size;
 - ``pick-speed``: seconds per micrograph, windows/s and achieved TFLOP/s of the
   picking path (ratio to the GPU's bf16 peak where known), e.g. base on a
   4096 x 4096 micrograph with box 180 at stride 28.
@@ -48,7 +50,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("benchmark", help="measure speed and quality; prints a table",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", choices=["train-speed", "features", "picking", "pruning",
-                                          "tomo", "pick-speed"])
+                                          "tomo", "tomo-memory", "pick-speed"])
     p.add_argument("--model", choices=sorted(MODEL_SIZES), default="tiny")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch", type=int, default=128, help="train-speed: regions per step")
@@ -77,6 +79,11 @@ def add_parser(sub) -> None:
     p.add_argument("--fractions", default="0.01,0.05,0.2", help="tomo: labelled fractions")
     p.add_argument("--snr", type=float, default=0.1, help="tomo: simulated SNR")
     p.add_argument("--tomograms", type=int, default=2, help="tomo: simulated tomograms")
+    p.add_argument("--volume", default="1024x1024x300",
+                   help="tomo-memory: tomogram X x Y x Z in voxels")
+    p.add_argument("--diameter", type=float, default=20.0,
+                   help="tomo-memory: particle diameter in voxels")
+    p.add_argument("--tile", type=int, default=96, help="tomo-memory: tile core side")
     p.add_argument("--out", help="also save the figures as JSON here")
     p.set_defaults(func=run)
 
@@ -134,6 +141,13 @@ def run(args: argparse.Namespace) -> int:
                           "cpu" if args.device == "auto" else args.device,
                           tomo.default_sim(args.snr, args.tomograms))
         _print_rows(result["rows"])
+    elif args.target == "tomo-memory":
+        from ..benchmarks import tomo_memory
+        x, y, z = (int(v) for v in args.volume.lower().split("x"))
+        result = tomo_memory.run(Path(args.work), (z, y, x),
+                                 args.model if args.model in ("small", "base") else "tiny",
+                                 args.diameter, args.tile, args.device)
+        _print_rows([result])
     elif args.target in ("picking", "pruning"):
         from ..benchmarks import picking, pruning
         result = _run_picking(args, picking if args.target == "picking" else pruning)

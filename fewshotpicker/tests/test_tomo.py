@@ -276,3 +276,12 @@ def test_radial_profile_prototypes_tell_two_sizes_apart_from_one_label_each():
     protos = class_prototypes(profiles[[0, 3]], np.array([1, 2]))
     assert nearest_species(profiles, protos).tolist() == [1, 1, 1, 2, 2, 2]
     assert nearest_species(np.empty((0, 13)), protos).tolist() == []
+
+
+def test_memory_benchmark_runs_the_tiled_detection_over_a_whole_volume(tmp_path):
+    from fewshotpicker.benchmarks.tomo_memory import run
+    result = run(tmp_path, (16, 40, 72), "tiny", box=8.0, tile=32, device="cpu")
+    assert result["tiles"] == 1 * 2 * 3  # cores of 32 over 16 x 40 x 72
+    assert result["shape_zyx"] == "16x40x72" and result["device"] == "cpu"
+    assert result["anon_rss_peak_MiB"] >= result["anon_rss_before_MiB"] > 0
+    assert (tmp_path / "noise_16x40x72.mrc").stat().st_size > 16 * 40 * 72 * 4
