@@ -19,14 +19,16 @@ from .common import add_config_argument, expand_images, log, progress, start_run
 FLAGS = {"box": "box", "model": "model", "size": "size", "steps": "steps", "lr": "lr",
          "crop": "crop", "threshold": "threshold", "tile": "tile", "views": "views",
          "min_distance": "min_distance", "device": "device", "seed": "seed", "semi": "semi",
-         "checkpoint_every": "checkpoint_every"}
+         "checkpoint_every": "checkpoint_every", "pseudo_threshold": "pseudo_threshold",
+         "species_by": "species_by"}
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("pick3d", help="pick tomograms from a few labelled particles",
                        description=__doc__)
     p.add_argument("--tomograms", nargs="+", required=True, help="MRC tomograms (globs, folders)")
-    p.add_argument("--labels", help="a few labelled centres (STAR); not needed with --model")
+    p.add_argument("--labels", help="a few labelled centres (STAR); optional with --model "
+                                    "(then only left out of the cutoff's fit)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--box", type=float, help="particle diameter in voxels (required)")
     p.add_argument("--model", help="a trained pick3d model.pt (or its folder): skip training")

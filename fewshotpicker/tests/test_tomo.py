@@ -285,3 +285,12 @@ def test_memory_benchmark_runs_the_tiled_detection_over_a_whole_volume(tmp_path)
     assert result["shape_zyx"] == "16x40x72" and result["device"] == "cpu"
     assert result["anon_rss_peak_MiB"] >= result["anon_rss_before_MiB"] > 0
     assert (tmp_path / "noise_16x40x72.mrc").stat().st_size > 16 * 40 * 72 * 4
+
+
+def test_labelled_particles_are_left_out_of_the_cutoff_fit_only():
+    import pandas as pd
+    from fewshotpicker.tomo.run import off_labels
+    cands = pd.DataFrame({"x": [10.0, 30.0, 60.0], "y": [10.0, 30.0, 60.0],
+                          "z": [5.0, 5.0, 5.0]})
+    assert off_labels(cands, np.array([[11.0, 10.0, 5.0]]), 4.0).tolist() == [False, True, True]
+    assert off_labels(cands, None, 4.0).all()

@@ -11,6 +11,7 @@ from typing import Callable, List, Optional
 import numpy as np
 import pandas as pd
 import torch
+from scipy.spatial import cKDTree
 
 from ..config import Pick3dConfig, to_dict
 from ..device import resolve_device
@@ -74,14 +75,13 @@ def label_prototypes(tomos, per_tomo: dict, box: float) -> dict:
     return {"radius": radius, "prototypes": {k: v.tolist() for k, v in protos.items()}}
 
 
-def obtain_detector(cfg: Pick3dConfig, tomos, labels, out_dir: Path, device, source: str,
-                    progress) -> tuple:
-    """Load ``cfg.model`` or train one; returns ``(model, classes, species prototypes,
-    history)``."""
+def obtain_detector(cfg: Pick3dConfig, tomos, per_tomo: Optional[dict], out_dir: Path,
+                    device, progress) -> tuple:
+    """Load ``cfg.model`` or train one on the labels ``per_tomo``; returns ``(model,
+    classes, species prototypes, history)``."""
     if cfg.model:
         model, payload = load_detector(cfg.model, device)
         return model, payload["n_classes"], payload.get("species"), []
-    per_tomo = labels_per_tomogram(labels, tomos, source)
     n_classes = int(max(k.max() for _, k in per_tomo.values()))
     model, history = train_detector(cfg, tomos, per_tomo, n_classes, out_dir, device, progress)
     species = label_prototypes(tomos, per_tomo, cfg.box) if n_classes > 1 else None
@@ -101,18 +101,34 @@ def assign_species(cands: pd.DataFrame, tomo, species: Optional[dict]) -> pd.Dat
     return cands.assign(**{"class": nearest_species(profiles, protos)})
 
 
+def off_labels(cands: pd.DataFrame, centres: Optional[np.ndarray], radius: float) -> np.ndarray:
+    """Mask ``(n,)`` of the candidates farther than ``radius`` from every labelled centre
+    ``(m, 3)`` (x, y, z voxels)."""
+    if centres is None or not len(centres) or not len(cands):
+        return np.ones(len(cands), bool)
+    d, _ = cKDTree(centres).query(cands[["x", "y", "z"]].to_numpy(float))
+    return d > radius
+
+
 def pick_all(model, tomos, cfg: Pick3dConfig, device, progress,
-             species: Optional[dict] = None) -> tuple:
+             species: Optional[dict] = None, labelled: Optional[dict] = None) -> tuple:
     """Picks of every tomogram above its cutoff, their species from ``species``
     prototypes when given (else the detector's channels); returns ``(picks,
-    per-tomogram summary)``."""
+    per-tomogram summary)``.
+
+    ``labelled`` ``{tomogram key: (centres, classes)}``: the candidates on labelled
+    particles stay picks but are left out of the cutoff's mixture, because the
+    detector has learnt them by heart (measured: with one label per species, the
+    labels' peaks were the mixture's top class and the cutoff kept only them).
+    """
     radius = max(1, int(round(cfg.min_distance or cfg.box / 2.0)))
     frames, summary = [], {}
     for tomo in (progress(tomos, desc="pick") if progress else tomos):
         start = time.perf_counter()
         cands = suppress_across_classes(detect(model, tomo, radius, cfg.tile, device), radius)
         cands = assign_species(cands, tomo, species)
-        cut = tomogram_cutoff(cands["score"].to_numpy(), cfg.threshold) if len(cands) else 0.5
+        fit = cands[off_labels(cands, (labelled or {}).get(tomo.key, (None,))[0], radius)]
+        cut = tomogram_cutoff(fit["score"].to_numpy(), cfg.threshold) if len(fit) else 0.5
         kept = cands[cands["score"] >= cut].assign(micrograph=str(tomo.path))
         frames.append(kept)
         summary[tomo.key] = {"picks": int(len(kept)), "candidates": int(len(cands)),
@@ -150,11 +166,13 @@ def pick3d(cfg: Pick3dConfig, tomograms: List[Path], labels: Optional[pd.DataFra
     device = resolve_device(cfg.device)
     tomos = [open_tomogram(p) for p in tomograms]
     start = time.perf_counter()
-    model, n_classes, species, history = obtain_detector(cfg, tomos, labels, out_dir, device,
-                                                         source, progress)
+    labelled = labels_per_tomogram(labels, tomos, source) if labels is not None and len(
+        labels) else None
+    model, n_classes, species, history = obtain_detector(cfg, tomos, labelled, out_dir, device,
+                                                         progress)
     train_s = time.perf_counter() - start
     by_profile = species if cfg.species_by == "profile" else None
-    picks, per_tomo = pick_all(model, tomos, cfg, device, progress, by_profile)
+    picks, per_tomo = pick_all(model, tomos, cfg, device, progress, by_profile, labelled)
     files = write_outputs(picks, tomos, cfg.box, out_dir)
     log.info("%d picks in %d tomogram(s); %s", len(picks), len(tomos), files.get(
         "relion5", files["relion4"]))
