@@ -294,3 +294,13 @@ def test_labelled_particles_are_left_out_of_the_cutoff_fit_only():
                           "z": [5.0, 5.0, 5.0]})
     assert off_labels(cands, np.array([[11.0, 10.0, 5.0]]), 4.0).tolist() == [False, True, True]
     assert off_labels(cands, None, 4.0).all()
+
+
+def test_pick3d_refuses_a_pseudo_threshold_outside_0_1(tmp_path):
+    from fewshotpicker.config import Pick3dConfig
+    from fewshotpicker.errors import InputError
+    from fewshotpicker.tomo.run import check_settings
+    with pytest.raises(InputError, match="--pseudo-threshold is a fraction"):
+        check_settings(Pick3dConfig(box=16, model="m.pt", pseudo_threshold=0.0), None, "labels")
+    with pytest.raises(InputError, match="--species-by must be one of profile, network"):
+        check_settings(Pick3dConfig(box=16, model="m.pt", species_by="size"), None, "labels")

@@ -41,6 +41,9 @@ def check_settings(cfg: Pick3dConfig, labels: Optional[pd.DataFrame], source: st
     if not cfg.model and (labels is None or len(labels) < MIN_LABELS):
         raise InputError(f"{source}: holds {0 if labels is None else len(labels)} label(s); "
                          f"at least {MIN_LABELS} are needed to train.")
+    if not 0 < cfg.pseudo_threshold <= 1:
+        raise InputError(f"--pseudo-threshold is a fraction of the response at the labels, "
+                         f"above 0 and at most 1, not {cfg.pseudo_threshold}.")
     if cfg.species_by not in SPECIES_RULES:
         raise InputError(f"--species-by must be one of {', '.join(SPECIES_RULES)}, "
                          f"not {cfg.species_by!r}.")

@@ -13,8 +13,9 @@ and with wedge-shaped blocks dropped (:func:`.targets.wedge_dropblock`).
   the species channels) that every view puts above a threshold become
   pseudo-labels, with a weight ramped up to ``unsup_weight``. They are
   species-agnostic: with one label per species the teacher finds particles
-  (about 0.8 of its confident peaks are particles) long before it tells
-  species apart (a quarter of them had the right species, chance level), so a
+  long before it tells species apart (measured once, a teacher after 150
+  steps at 1% labels: about 0.8 of its confident peaks were particles, a
+  quarter of them had the right species, chance level), so a
   pseudo-label says only that one channel must be high there and no channel is
   pushed down around it. The threshold is relative: ``pseudo_threshold`` times
   the teacher's running response at the labelled centres, once that response

@@ -4,8 +4,8 @@ Input ``(b, 1, d, h, w)`` (sides multiples of ``2 ** levels``), output logits
 ``(b, C, d, h, w)``: ``levels`` down-sampling steps, residual blocks of two
 3x3x3 convolutions with group norm, skip connections by addition. With three
 levels the coarsest block works at 1/8 resolution and its receptive field
-(about 60 voxels) holds a whole 20-voxel particle with its surroundings, which
-is what tells species of different size apart.
+(66 voxels by the layer arithmetic; 30 with two levels) holds a whole 20-voxel
+particle with its surroundings.
 """
 from __future__ import annotations
 
