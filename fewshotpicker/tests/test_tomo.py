@@ -304,3 +304,25 @@ def test_pick3d_refuses_a_pseudo_threshold_outside_0_1(tmp_path):
         check_settings(Pick3dConfig(box=16, model="m.pt", pseudo_threshold=0.0), None, "labels")
     with pytest.raises(InputError, match="--species-by must be one of profile, network"):
         check_settings(Pick3dConfig(box=16, model="m.pt", species_by="size"), None, "labels")
+
+
+def test_species_prototypes_travel_with_the_model(small_tomograms, tmp_path):
+    from fewshotpicker.cli.main import main
+    from fewshotpicker.io.checkpoint import load_checkpoint
+    from fewshotpicker.io.coordinates import read_coordinates, write_coordinate_table
+    truth = read_coordinates(small_tomograms / "truth3d.star")
+    labels = truth.iloc[::6].copy()
+    labels["class"] = [1 + i % 2 for i in range(len(labels))]  # two "species"
+    write_coordinate_table(labels, tmp_path / "labels.star")
+    common = ["pick3d", "--tomograms", str(small_tomograms / "tomograms"), "--box", "16",
+              "--size", "tiny", "--crop", "32", "--device", "cpu", "--threshold", "0.03"]
+    assert main(common + ["--labels", str(tmp_path / "labels.star"), "--steps", "4",
+                          "--supervised-only", "--out", str(tmp_path / "a")]) == 0
+    payload = load_checkpoint(tmp_path / "a" / "model.pt", kinds=["tomo"])
+    assert sorted(payload["species"]["prototypes"]) == [1, 2]
+    assert payload["species"]["radius"] == 16
+    assert main(common + ["--model", str(tmp_path / "a"), "--out", str(tmp_path / "b")]) == 0
+    first = read_coordinates(tmp_path / "a" / "picks3d_relion4.star")
+    second = read_coordinates(tmp_path / "b" / "picks3d_relion4.star")
+    assert len(first) > 0 and set(first["class"]) <= {1, 2}
+    assert second["class"].tolist() == first["class"].tolist()
