@@ -206,6 +206,8 @@ class PickConfig:
     model: str = ""                   # folder or model.pt of a 'train' run
     stride: float = 0.0               # px between windows (0 = box / 5, the paper's 28 for ~150)
     min_distance: float = 0.0         # px between picks (0 = the particle radius, box / 2)
+    shoulder_reach: float = 1.5       # boxes: drop a peak on the flank of a higher one this near (0 = off)
+    shoulder_dip: float = 0.4         # ... unless the score falls by this share of its height between them
     threshold: str = "auto"           # auto (= gmm) | gmm | otsu2 | density (CryoMAE) | quantile | number
     k: int = 10                       # neighbours of the density cutoff
     quantile: float = 0.9             # global quantile of candidate scores when threshold=quantile

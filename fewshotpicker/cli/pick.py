@@ -19,6 +19,7 @@ from .common import (add_config_argument, expand_images, log, progress, start_ru
                      write_summary)
 
 FLAGS = {"model": "model", "stride": "stride", "min_distance": "min_distance",
+         "shoulder_reach": "shoulder_reach", "shoulder_dip": "shoulder_dip",
          "threshold": "threshold", "k": "k", "quantile": "quantile",
          "exclude_border": "exclude_border", "batch_size": "batch_size", "device": "device",
          "precision": "precision", "plots": "plots", "candidates": "candidates"}
@@ -31,6 +32,12 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--stride", type=float, help="px between windows (default box / 5)")
     p.add_argument("--min-distance", type=float, help="px between picks (default box / 2)")
+    p.add_argument("--shoulder-reach", type=float,
+                   help="boxes: a peak on the flank of a higher peak this near is dropped "
+                        "unless the score dips between them (default 1.5; 0 = off)")
+    p.add_argument("--shoulder-dip", type=float,
+                   help="the dip, as a share of the lower peak's height above the map's "
+                        "median, that makes two peaks two particles (default 0.4)")
     p.add_argument("--threshold", help="auto (= gmm: a 2- or 3-class mixture of each "
                                        "micrograph's scores, default), otsu2 (two-level "
                                        "Otsu), density (CryoMAE's cutoff), quantile (one "

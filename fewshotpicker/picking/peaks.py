@@ -78,3 +78,40 @@ def refine_positions(score: np.ndarray, idx: np.ndarray) -> np.ndarray:
             shift = np.where(den < 0, 0.5 * (fm - fp) / den, 0.0)
         pos[:, axis] += np.clip(shift, -0.5, 0.5)
     return pos
+
+
+def path_minimum(score: np.ndarray, start: np.ndarray, end: np.ndarray) -> float:
+    """Lowest value of ``score`` ``(h, w)`` on the straight path between two points
+    ``(x, y)`` (map px, bilinear), end points excluded."""
+    steps = max(8, int(np.ceil(2 * np.hypot(*(end - start)))))
+    t = np.linspace(0.0, 1.0, steps + 1)[1:-1, None]
+    pts = start[None] + t * (end - start)[None]
+    values = ndimage.map_coordinates(score, [pts[:, 1], pts[:, 0]], order=1, mode="nearest")
+    return float(values.min())
+
+
+def suppress_shoulders(score: np.ndarray, positions: np.ndarray, values: np.ndarray,
+                       reach: float, dip: float) -> np.ndarray:
+    """Mask ``(n,)`` of the peaks that are not shoulders of a higher peak.
+
+    A peak is a shoulder when a higher kept peak lies within ``reach`` (map px)
+    and the straight path to it never falls more than ``dip`` of the peak's
+    height above the map's median below the peak. Two particles side by side
+    have a valley between them (the window between them is centred on
+    neither); one particle scored off-centre on its flank has none.
+
+    score: ``(h, w)``; positions: ``(n, 2)`` (x, y) map px; values: ``(n,)``.
+    """
+    keep = np.ones(len(values), dtype=bool)
+    if reach <= 0 or len(values) < 2:
+        return keep
+    base = float(np.median(score))
+    tree = cKDTree(positions)
+    for i in np.argsort(-values, kind="stable"):
+        floor = values[i] - dip * (values[i] - base)
+        for j in tree.query_ball_point(positions[i], reach):
+            if values[j] > values[i] and keep[j] and \
+                    path_minimum(score, positions[i], positions[j]) > floor:
+                keep[i] = False
+                break
+    return keep

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..config import PickConfig
 from ..data.regions import Preprocess
-from .peaks import find_peaks
+from .peaks import find_peaks, suppress_shoulders
 from .scoring import ScoreMap, score_micrograph
 from .threshold import choose_cutoff
 
@@ -37,12 +37,16 @@ def find_candidates(score_map: ScoreMap, shape: tuple, box: float, cfg: PickConf
     """Peaks of a score map in micrograph pixels, sub-stride refined.
 
     shape: ``(h, w)`` of the micrograph; peaks closer than ``exclude_border``
-    to an edge are dropped.
+    to an edge are dropped, and so are shoulders of a higher peak within
+    ``shoulder_reach`` boxes (see :func:`suppress_shoulders`).
     """
     min_dist = cfg.min_distance or box / 2.0
     stride = score_map.stride_px
     ij, scores = find_peaks(score_map.scores, min_distance=max(1.0, min_dist / stride),
                             refine=True)
+    apart = suppress_shoulders(score_map.scores, ij, scores, cfg.shoulder_reach * box / stride,
+                               cfg.shoulder_dip)
+    ij, scores = ij[apart], scores[apart]
     xy = score_map.grid_to_micrograph(ij)
     h, w = shape
     margin = cfg.exclude_border

@@ -4,7 +4,8 @@ import pytest
 
 from fewshotpicker.config import DogConfig
 from fewshotpicker.picking.dog import pick_dog
-from fewshotpicker.picking.peaks import find_peaks, suppress_close
+from fewshotpicker.picking.peaks import (find_peaks, path_minimum, suppress_close,
+                                        suppress_shoulders)
 
 
 def gaussian_map(shape, centres, sigma=3.0, heights=None):
@@ -56,6 +57,27 @@ def test_peaks_in_3d():
     assert len(pos) == 2
     for c in centres:
         assert np.min(np.linalg.norm(pos - np.array(c), axis=1)) < 0.2
+
+
+def test_a_shoulder_on_the_flank_of_a_higher_peak_is_dropped():
+    # two Gaussians 7.5 px apart (2.5 sigma): two maxima with only a shallow dip between
+    score = gaussian_map((40, 60), [(20, 20), (27.5, 20)], sigma=3.0, heights=[1.0, 0.75])
+    pos, values = find_peaks(score, min_distance=2)
+    assert len(pos) == 2 and pos[1][0] == pytest.approx(26.7, abs=0.2)
+    assert path_minimum(score, pos[1], pos[0]) == pytest.approx(0.779, abs=0.005)
+    assert suppress_shoulders(score, pos, values, reach=10, dip=0.4).tolist() == [True, False]
+    # out of reach, or with the rule off, it stays
+    assert suppress_shoulders(score, pos, values, reach=5, dip=0.4).all()
+    assert suppress_shoulders(score, pos, values, reach=0, dip=0.4).all()
+    # a dip of 0.03 below the shoulder's 0.805 is more than 1% of its height
+    assert suppress_shoulders(score, pos, values, reach=10, dip=0.01).all()
+
+
+def test_two_peaks_with_a_valley_between_both_stay():
+    score = gaussian_map((40, 60), [(20, 20), (38, 20)], sigma=3.0, heights=[1.0, 0.75])
+    pos, values = find_peaks(score, min_distance=2)
+    assert len(pos) == 2
+    assert suppress_shoulders(score, pos, values, reach=30, dip=0.4).all()
 
 
 def test_suppress_close_order_and_distance():

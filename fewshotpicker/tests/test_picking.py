@@ -51,6 +51,19 @@ def test_candidates_from_a_planted_score_map():
     assert cands.xy[1][0] == pytest.approx((16 + 20.5 * 4) / 0.5, abs=3.0)
 
 
+def test_candidates_drop_a_shoulder_within_the_reach_only():
+    scores = np.zeros((20, 30))
+    # peaks 3 cells (24 px, over the 20 px minimum distance) apart, no valley between
+    scores[10, 10:14] = [1.0, 0.75, 0.7, 0.8]
+    sm = ScoreMap(scores, step=4, offset=16.0, scale=0.5)          # 8 px per cell
+    assert len(find_candidates(sm, (200, 300), box=40, cfg=PickConfig()).scores) == 1
+    off = PickConfig(shoulder_reach=0.0)
+    assert len(find_candidates(sm, (200, 300), box=40, cfg=off).scores) == 2
+    # the same two peaks with a valley between them are two particles
+    scores[10, 12] = 0.1
+    assert len(find_candidates(sm, (200, 300), box=40, cfg=PickConfig()).scores) == 2
+
+
 def test_density_cutoff_falls_between_particles_and_background():
     rng = np.random.default_rng(0)
     particles = rng.uniform(0.75, 0.98, 40)        # sparse, spread out

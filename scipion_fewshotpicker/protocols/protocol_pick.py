@@ -45,6 +45,13 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
         form.addParam("minDistance", params.FloatParam, default=0.0,
                       expertLevel=params.LEVEL_ADVANCED, label="Minimum distance (px)",
                       help="Between two picks; 0 = the particle radius (half the box).")
+        form.addParam("shoulderReach", params.FloatParam, default=1.5,
+                      expertLevel=params.LEVEL_ADVANCED, label="Shoulder reach (boxes)",
+                      help="A score peak on the flank of a higher one closer than this many "
+                           "boxes is dropped, unless the score falls by 40% of its height "
+                           "between the two (two particles side by side always have such a "
+                           "valley: the window between them is centred on neither). Removes "
+                           "the second, off-centre pick on one particle. 0 = off.")
         form.addParam("batchSize", params.IntParam, default=1024,
                       expertLevel=params.LEVEL_ADVANCED, label="Windows per batch",
                       help="Encoder batch; halves by itself when the GPU runs out of memory.")
@@ -82,6 +89,7 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
         mode = THRESHOLDS[self.thresholdMode.get()]
         return {"model": self.inputModel.get().getPath(), "stride": self.stride.get(),
                 "min_distance": self.minDistance.get(),
+                "shoulder_reach": self.shoulderReach.get(),
                 "threshold": str(self.threshold.get()) if mode == "fixed" else mode,
                 "batch_size": self.batchSize.get(), "device": self.getDeviceSpec(),
                 "plots": True}
