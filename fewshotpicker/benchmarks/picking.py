@@ -52,6 +52,9 @@ SIM_SETS = {
 }
 
 
+FAST = "fewshot fast (--coarse 2)"
+
+
 @dataclass(frozen=True)
 class BenchSettings:
     """What each picker is given; the same for every data set and seed."""
@@ -61,6 +64,7 @@ class BenchSettings:
     pretrain_epochs: int = 20
     train_steps: int = 300
     device: str = "cpu"
+    fast: bool = True             # also our fast setting (pick --coarse 2), same model
     topaz: topaz_peer.TopazSettings = topaz_peer.TopazSettings()
 
 
@@ -107,16 +111,21 @@ def _engine(*args: str) -> List[str]:
     return [sys.executable, "-m", "fewshotpicker.cli.main", *args]
 
 
-def pick_fewshot(model: Path, ds: Dataset, out: Path, device: str) -> dict:
-    """Our picker on the test micrographs: kept picks, all candidates, time, memory."""
+def pick_fewshot(model: Path, ds: Dataset, out: Path, device: str, coarse: int = 1) -> dict:
+    """Our picker on the test micrographs: kept picks, all candidates, time, memory, and
+    the share of windows scored (below 1 in the fast setting, ``coarse`` 2)."""
     seconds, rss = run_measured(_engine("pick", "--model", str(model), "--micrographs",
                                         *map(str, ds.test), "--out", str(out), "--device",
-                                        device, "--candidates"), out.parent / "commands.log")
+                                        device, "--candidates", "--coarse", str(coarse)),
+                                out.parent / "commands.log")
     summary = json.loads((out / "summary.json").read_text())
+    shares = [json.loads(p.read_text())["windows_scored"]
+              for p in (out / "thresholds").glob("*.json")]
     return {"kept": read_coordinates(out / "autopick.star"),
             "all": read_coordinates(out / "candidates.star"), "seconds": seconds,
             "peak_rss_mb": rss, "gpu_mb": max(summary["peak_gpu_memory_mb"].values(),
-                                               default=None)}
+                                               default=None),
+            "windows_scored": float(np.mean(shares))}
 
 
 def pick_dog(ds: Dataset, out: Path) -> dict:
@@ -183,7 +192,7 @@ def score_picker(res: dict, ds: Dataset) -> tuple:
     row = {"precision": c["precision"] or 0.0, "recall": c["recall"] or 0.0,
            "f1": c["f1"] or 0.0, "best_f1": f1_best, "ap": h["ap"] or 0.0,
            "s_per_mic": res["seconds"] / len(mics), "peak_rss_mb": res["peak_rss_mb"],
-           "gpu_mb": res["gpu_mb"]}
+           "gpu_mb": res["gpu_mb"], "windows_scored": res.get("windows_scored")}
     return row, h.get("curve")
 
 
@@ -194,8 +203,10 @@ def run_seed(ds: Dataset, seed: int, base: Path, pretrained: Path, st: BenchSett
     exemplars = draw_exemplars(ds, st.exemplars, seed)
     finetune(TrainConfig(box=ds.box, pretrained=str(pretrained), steps=st.train_steps,
                          device=st.device, seed=seed), ds.train, exemplars, out / "train")
-    results = {"fewshot (ours)": pick_fewshot(out / "train", ds, out / "fewshot", st.device),
-               "DoG": pick_dog(ds, out / "dog")}
+    results = {"fewshot (ours)": pick_fewshot(out / "train", ds, out / "fewshot", st.device)}
+    if st.fast:
+        results[FAST] = pick_fewshot(out / "train", ds, out / "fewshot_fast", st.device, coarse=2)
+    results["DoG"] = pick_dog(ds, out / "dog")
     if topaz_exe is not None:
         results["Topaz"] = pick_topaz(topaz_exe, ds, exemplars, out / "topaz", st.topaz)
     rows, curves = [], {}
@@ -218,6 +229,8 @@ def summarise(rows: List[dict]) -> List[dict]:
             if col in ("f1", "ap"):
                 row[f"{col}_std"] = float(g[col].std(ddof=0))
         row["s_per_mic"] = float(g["s_per_mic"].mean())
+        if g["windows_scored"].notna().any():
+            row["windows_scored"] = float(g["windows_scored"].mean())
         row["peak_mb"] = float(g["gpu_mb"].max()) if g["gpu_mb"].notna().any() else \
             float(g["peak_rss_mb"].max())
         out.append(row)

@@ -76,6 +76,8 @@ def add_parser(sub) -> None:
     p.add_argument("--stride", type=float, default=0.0,
                    help="pick-speed: px between windows (default box / 5)")
     p.add_argument("--repeats", type=int, default=3, help="pick-speed: timed runs")
+    p.add_argument("--coarse", default="1", help="pick-speed: 1 (every window), 2 (the fast "
+                                                  "setting) or both as 1,2")
     p.add_argument("--fractions", default="0.01,0.05,0.2", help="tomo: labelled fractions")
     p.add_argument("--snr", type=float, default=0.1, help="tomo: simulated SNR")
     p.add_argument("--tomograms", type=int, default=2, help="tomo: simulated tomograms")
@@ -130,9 +132,10 @@ def run(args: argparse.Namespace) -> int:
     elif args.target == "pick-speed":
         from ..benchmarks import pick_speed
         w, h = (int(v) for v in args.size.lower().split("x"))
-        result = pick_speed.time_picking(args.model, (h, w), args.box, args.stride, args.device,
-                                         args.batch, args.repeats, args.compile)
-        _print_rows([result])
+        result = [pick_speed.time_picking(args.model, (h, w), args.box, args.stride, args.device,
+                                          args.batch, args.repeats, args.compile,
+                                          coarse=int(c)) for c in args.coarse.split(",")]
+        _print_rows(result)
     elif args.target == "tomo":
         from ..benchmarks import tomo
         result = tomo.run(Path(args.work), [float(f) for f in args.fractions.split(",")],

@@ -18,7 +18,7 @@ from ..picking.run import apply_global_quantile, score_all, write_pick_outputs
 from .common import (add_config_argument, expand_images, log, progress, start_run,
                      write_summary)
 
-FLAGS = {"model": "model", "stride": "stride", "min_distance": "min_distance",
+FLAGS = {"model": "model", "stride": "stride", "coarse": "coarse", "min_distance": "min_distance",
          "shoulder_reach": "shoulder_reach", "shoulder_dip": "shoulder_dip",
          "threshold": "threshold", "k": "k", "quantile": "quantile",
          "exclude_border": "exclude_border", "batch_size": "batch_size", "device": "device",
@@ -31,6 +31,10 @@ def add_parser(sub) -> None:
     p.add_argument("--micrographs", nargs="+", required=True, help="MRC files, globs or folders")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--stride", type=float, help="px between windows (default box / 5)")
+    p.add_argument("--coarse", type=int,
+                   help="the fast setting: 2 scores every 2nd window in each direction first "
+                        "and the skipped ones only around that map's peaks (about half the "
+                        "windows); 1 scores every window (default)")
     p.add_argument("--min-distance", type=float, help="px between picks (default box / 2)")
     p.add_argument("--shoulder-reach", type=float,
                    help="boxes: a peak on the flank of a higher peak this near is dropped "
@@ -65,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     if not cfg.model:
         raise InputError("A model is required (--model, the folder of a 'train' run).")
     choose_cutoff(np.empty(0), cfg.threshold)  # refuses an unknown rule before any work
+    if cfg.coarse < 1:
+        raise InputError(f"--coarse {cfg.coarse}: must be 1 (every window) or more.")
     results = score_all(cfg, mics, lambda it, total: progress(it, "pick", total))
     good = [r for r in results.values() if not isinstance(r, str)]
     if not good:

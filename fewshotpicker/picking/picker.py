@@ -60,7 +60,7 @@ def pick_micrograph(model, bank, image: np.ndarray, pre: Preprocess, cfg: PickCo
     """Score, find peaks and apply the per-micrograph cutoff (global rules come later)."""
     stride = cfg.stride or default_stride(pre.box)
     score_map = score_micrograph(model, bank, image, pre, stride, device, batch,
-                                 cfg.precision)
+                                 cfg.precision, cfg.coarse)
     cands = find_candidates(score_map, image.shape, pre.box, cfg)
     if cfg.threshold != "quantile":
         cands.cutoff = choose_cutoff(cands.scores, cfg.threshold, cfg.k)

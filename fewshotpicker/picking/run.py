@@ -134,6 +134,7 @@ def write_pick_outputs(results: Dict[str, object], cfg: PickConfig, out_dir: Pat
         key = micrograph_key(name)
         record = {"micrograph": name, "cutoff": res.cutoff, "candidates": int(len(res.scores)),
                   "picks": int(len(scores)), "stride_px": res.score_map.stride_px,
+                  "windows_scored": round(res.score_map.scored, 4),
                   "histogram": _histogram(res)}
         write_text_atomic(out_dir / "thresholds" / f"{key}.json", json.dumps(record) + "\n")
         if cfg.plots:

@@ -32,6 +32,7 @@ class ScoreMap:
     step: int
     offset: float
     scale: float
+    scored: float = 1.0       # share of the grid's windows run through the encoder
 
     def grid_to_micrograph(self, ij: np.ndarray) -> np.ndarray:
         """Grid positions ``(n, 2)`` as (x=j, y=i), possibly fractional -> micrograph px."""
@@ -95,19 +96,86 @@ def score_grid(model, grid: torch.Tensor, bank: Bank, batch: int,
 
 
 @torch.no_grad()
+def score_windows_at(model, grid: torch.Tensor, bank: Bank, where: torch.Tensor, batch: int,
+                     precision: str = "auto") -> torch.Tensor:
+    """Scores ``(n,)`` of the windows of a grid view ``(gy, gx, s, s)`` at ``where`` ``(n, 2)``
+    (grid rows, columns), copied out ``batch`` at a time."""
+    out = torch.empty(len(where), dtype=torch.float32, device=bank.matrix.device)
+    for i in range(0, len(where), batch):
+        rows, cols = where[i:i + batch].unbind(1)
+        out[i:i + batch] = score_windows(model, grid[rows, cols], bank, precision)
+    return out
+
+
+def coarse_maxima(coarse: torch.Tensor) -> torch.Tensor:
+    """Local maxima (3 x 3) of a coarse map ``(cy, cx)`` as a boolean mask."""
+    pooled = F.max_pool2d(coarse[None, None], 3, stride=1, padding=1)[0, 0]
+    return coarse >= pooled
+
+
+def fill_unscored(scores: torch.Tensor, scored: torch.Tensor, coarse: torch.Tensor,
+                  factor: int) -> torch.Tensor:
+    """Scores ``(gy, gx)`` where unscored windows take the coarse map ``(cy, cx)`` bilinearly
+    interpolated, capped at the lowest scored value within ``factor`` cells, so that no
+    peak appears where no window was scored."""
+    gy, gx = scores.shape
+    cy, cx = coarse.shape
+    up = F.interpolate(coarse[None, None], size=((cy - 1) * factor + 1, (cx - 1) * factor + 1),
+                       mode="bilinear", align_corners=True)
+    up = F.pad(up, (0, gx - up.shape[-1], 0, gy - up.shape[-2]), mode="replicate")[0, 0]
+    low = torch.where(scored, scores, torch.full_like(scores, float("inf")))
+    cap = -F.max_pool2d(-low[None, None], 2 * factor + 1, stride=1, padding=factor)[0, 0]
+    return torch.where(scored, scores, torch.minimum(up, cap))
+
+
+@torch.no_grad()
+def score_coarse_to_fine(model, grid: torch.Tensor, bank: Bank, batch: int, factor: int,
+                         precision: str = "auto") -> tuple:
+    """Scores ``(gy, gx)`` of a window grid view, running about half its windows.
+
+    Every ``factor``-th window in each direction is scored first; around each
+    local maximum of that coarse map the windows within ``factor - 1`` cells
+    are scored too, so every peak is found and placed on the fine grid.
+    Returns ``(scores (gy, gx), share of windows scored)``.
+    """
+    gy, gx = grid.shape[:2]
+    device = bank.matrix.device
+    coarse = score_grid(model, grid[::factor, ::factor], bank, batch, precision)
+    scored = torch.zeros(gy, gx, dtype=torch.bool, device=device)
+    scored[::factor, ::factor] = True
+    seeds = torch.zeros_like(scored)
+    seeds[::factor, ::factor] = coarse_maxima(coarse)
+    near = F.max_pool2d(seeds[None, None].float(), 2 * factor - 1, stride=1,
+                        padding=factor - 1)[0, 0] > 0
+    todo = (near & ~scored).nonzero()
+    scores = torch.zeros(gy, gx, dtype=torch.float32, device=device)
+    scores[::factor, ::factor] = coarse
+    scores[todo[:, 0], todo[:, 1]] = score_windows_at(model, grid, bank, todo, batch, precision)
+    scored[todo[:, 0], todo[:, 1]] = True
+    share = float(scored.float().mean())
+    return fill_unscored(scores, scored, coarse, factor), share
+
+
+@torch.no_grad()
 def score_micrograph(model, bank: Bank, image: np.ndarray, pre: Preprocess,
                      stride_px: float, device: torch.device, batch: int = 1024,
-                     precision: str = "auto") -> ScoreMap:
+                     precision: str = "auto", coarse: int = 1) -> ScoreMap:
     """Score map of one micrograph ``(h, w)``.
 
     stride_px: distance between windows in micrograph pixels (rounded to whole
     prepared-image pixels, at least 1). precision: ``auto`` (bf16 where native),
-    ``bf16`` or ``fp32``.
+    ``bf16`` or ``fp32``. coarse: 1 scores every window; 2 or more scores every
+    ``coarse``-th first and refines around its peaks (:func:`score_coarse_to_fine`).
     """
     model.eval()
     prepared = prepare_micrograph(image, pre, device)
     size = pre.img_size
     step = max(1, int(round(stride_px * pre.scale)))
-    scores = score_grid(model, window_grid(prepared, size, step), bank, batch, precision)
+    grid = window_grid(prepared, size, step)
+    share = 1.0
+    if coarse > 1 and min(grid.shape[:2]) > coarse:
+        scores, share = score_coarse_to_fine(model, grid, bank, batch, coarse, precision)
+    else:
+        scores = score_grid(model, grid, bank, batch, precision)
     # same centre convention as crop_windows: a window starts at centre - size / 2
-    return ScoreMap(scores.cpu().numpy(), step, size / 2.0, pre.scale)
+    return ScoreMap(scores.cpu().numpy(), step, size / 2.0, pre.scale, share)

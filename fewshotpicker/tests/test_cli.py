@@ -103,6 +103,10 @@ def test_bad_input_gives_one_sentence_and_exit_2(tmp_path, capsys):
                        str(tmp_path / "stack.mrc"), "--out", str(tmp_path / "q"),
                        "--threshold", "median")
     assert code == 2 and "Threshold 'median' is not" in err
+    code, _, err = run(capsys, "pick", "--model", str(tmp_path), "--micrographs",
+                       str(tmp_path / "stack.mrc"), "--out", str(tmp_path / "q"),
+                       "--coarse", "0")
+    assert code == 2 and err.strip().endswith("--coarse 0: must be 1 (every window) or more.")
     (tmp_path / "run.json").write_text(json.dumps({"snr": 0.1, "colour": "red"}))
     code, _, err = run(capsys, "simulate", "--out", str(tmp_path / "s"), "--config",
                        str(tmp_path / "run.json"))

@@ -11,7 +11,8 @@ from fewshotpicker.io.mrc import write_mrc
 from fewshotpicker.models.mae import build_mae
 from fewshotpicker.picking import run as pick_run
 from fewshotpicker.picking.picker import Candidates, default_stride, find_candidates
-from fewshotpicker.picking.scoring import ScoreMap, window_grid
+from fewshotpicker.picking.scoring import (Bank, ScoreMap, fill_unscored, score_coarse_to_fine,
+                                           score_grid, score_micrograph, window_grid)
 from fewshotpicker.picking.threshold import (choose_cutoff, density_cutoff, gmm_cutoff,
                                              otsu2_cutoff,
                                              otsu_threshold)
@@ -176,3 +177,83 @@ def test_bf16_scores_match_fp32_to_a_few_thousandths(random_model):
     assert maps["fp32"].shape == maps["bf16"].shape
     assert np.abs(maps["fp32"] - maps["bf16"]).max() < 0.03
     assert np.corrcoef(maps["fp32"].ravel(), maps["bf16"].ravel())[0, 1] > 0.95
+
+
+class CentreModel(torch.nn.Module):
+    """Embeds a window as (centre pixel - border mean, range): its cosine to the bank
+    vector (1, 0) does not change with the per-window normalisation and is highest for
+    the window centred on a bright blob."""
+
+    def embed(self, x):
+        x = x[:, 0].float()
+        c = x[:, x.shape[-2] // 2, x.shape[-1] // 2]
+        border = torch.cat([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], dim=1).mean(1)
+        spread = x.flatten(1).amax(1) - x.flatten(1).amin(1)
+        return torch.stack([c - border, spread], dim=1)
+
+
+def blob_image(centre, shape=(200, 220), sigma=6.0, noise=0.01, seed=0):
+    """A bright Gaussian blob at ``centre`` (x, y) on weak noise, ``(h, w)`` float32."""
+    y, x = np.indices(shape)
+    blob = np.exp(-((x - centre[0]) ** 2 + (y - centre[1]) ** 2) / (2 * sigma ** 2))
+    return (blob + noise * np.random.default_rng(seed).normal(size=shape)).astype(np.float32)
+
+
+def test_coarse_to_fine_finds_a_peak_between_coarse_windows():
+    # windows of 16 px every 2 px start at 0: window (i, j) is centred at (8 + 2j, 8 + 2i);
+    # the blob sits on window (33, 47), an odd cell the coarse pass (every 2nd) skips
+    pre = Preprocess(box=16, img_size=16, highpass=0.0, lowpass=0.0)
+    prepared = prepare_micrograph(blob_image((8 + 2 * 47, 8 + 2 * 33)), pre)
+    grid = window_grid(prepared, 16, 2)
+    bank = Bank(torch.tensor([[1.0], [0.0]]), torch.zeros(2))
+    full = score_grid(CentreModel(), grid, bank, batch=500, precision="fp32")
+    fast, share = score_coarse_to_fine(CentreModel(), grid, bank, batch=500, factor=2,
+                                       precision="fp32")
+    assert np.unravel_index(int(full.argmax()), full.shape) == (33, 47)
+    assert np.unravel_index(int(fast.argmax()), fast.shape) == (33, 47)
+    assert float(fast.max()) == pytest.approx(float(full.max()), abs=1e-6)
+    assert 0.25 < share < 0.8
+    # every peak of the fast map is a scored window with its true score
+    is_peak = fast == torch.nn.functional.max_pool2d(fast[None, None], 3, 1, 1)[0, 0]
+    np.testing.assert_allclose(fast[is_peak].numpy(), full[is_peak].numpy(), atol=1e-6)
+
+
+def test_unscored_windows_never_rise_above_their_scored_neighbours():
+    scores = torch.zeros(5, 5)
+    scored = torch.zeros(5, 5, dtype=torch.bool)
+    scored[::2, ::2] = True
+    coarse = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.2, 0.0], [0.0, 0.0, 0.0]])
+    scores[::2, ::2] = coarse
+    filled = fill_unscored(scores, scored, coarse, 2)
+    assert filled[0, 1] == pytest.approx(0.0)   # between 0 and 1, capped at the lowest near
+    assert torch.equal(filled[::2, ::2], coarse)
+    assert float(filled.max()) == 1.0 and int(filled.argmax()) == 2
+
+
+def test_fast_setting_picks_what_the_full_map_picks(random_model, tmp_path):
+    payload = torch.load(random_model / "model.pt", weights_only=False)
+    model = build_mae("micro")
+    model.load_state_dict(payload["state_dict"])
+    bank = Bank.from_payload(payload, torch.device("cpu"))
+    pre = Preprocess(**payload["preprocess"])
+    image = np.random.default_rng(1).normal(size=(160, 200)).astype(np.float32)
+    full = score_micrograph(model, bank, image, pre, 6.0, torch.device("cpu"), 256, "fp32")
+    fast = score_micrograph(model, bank, image, pre, 6.0, torch.device("cpu"), 256, "fp32",
+                            coarse=2)
+    assert full.scored == 1.0 and fast.scored < 0.8
+    a = find_candidates(full, image.shape, 24.0, PickConfig())
+    b = find_candidates(fast, image.shape, 24.0, PickConfig())
+    # the strongest peaks agree in place and score
+    np.testing.assert_allclose(b.xy[:3], a.xy[:3], atol=1e-6)
+    np.testing.assert_allclose(b.scores[:3], a.scores[:3], atol=1e-5)
+
+
+def test_pick_speed_counts_the_windows_each_setting_scores():
+    from fewshotpicker.benchmarks.pick_speed import time_picking
+    full = time_picking("micro", (120, 150), box=24.0, device="cpu", repeats=1)
+    fast = time_picking("micro", (120, 150), box=24.0, device="cpu", repeats=1, coarse=2)
+    # micro input 32 px for a 24 px box: 160 x 200 px prepared; stride 4.8 px -> step 6;
+    # windows (160 - 32) / 6 + 1 = 22 by (200 - 32) / 6 + 1 = 29
+    assert full["windows"] == 22 * 29 and full["coarse"] == 1
+    assert fast["coarse"] == 2 and 11 * 15 <= fast["windows"] < full["windows"]
+    assert full["s_per_mic"] > 0 and full["windows_per_s"] > 0
