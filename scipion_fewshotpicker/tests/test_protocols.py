@@ -5,6 +5,7 @@ output SetOfCoordinates is checked against the simulator's ground truth; the pic
 are exported with scipion-em-relion and the model is reused in a second project.
 """
 import glob
+import json
 import os
 
 import numpy as np
@@ -114,6 +115,22 @@ class TestFewShotWorkflow(BaseTest):
         # every micrograph picked exactly once
         self.assertEqual(len(glob.glob(self.pick._getExtraPath("picks", "*_autopick.star"))),
                          self.mics.getSize())
+
+    def test_fast_scoring_finds_the_same_particles(self):
+        fast = self._launch(FewShotProtPick, inputMicrographs=self.mics,
+                            inputModel=self.train.outputModel, fast=True, useGpu=False)
+        with open(fast._getExtraPath("pick.json")) as fh:
+            self.assertEqual(json.load(fh)["coarse"], 2)
+        record = glob.glob(fast._getExtraPath("thresholds", "*.json"))[0]
+        with open(record) as fh:
+            self.assertLess(json.load(fh)["windows_scored"], 0.8)
+        f1 = {}
+        for name, prot in (("full", self.pick), ("fast", fast)):
+            picks = coordinates_table(prot.outputCoordinates, self.mics)
+            report = evaluate_all(picks, self.truth, self.meta["box_px"], ("cryomae",),
+                                  micrographs=[m.getFileName() for m in self.mics])
+            f1[name] = report["conventions"]["cryomae"]["pooled"]["f1"]
+        self.assertGreater(f1["fast"], max(0.6, f1["full"] - 0.05), f1)
 
     def test_box_size_wizard_reads_the_exemplars_box(self):
         from scipion_fewshotpicker.wizards import FewShotBoxSizeWizard
