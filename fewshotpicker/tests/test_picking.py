@@ -218,15 +218,18 @@ def test_coarse_to_fine_finds_a_peak_between_coarse_windows():
     np.testing.assert_allclose(fast[is_peak].numpy(), full[is_peak].numpy(), atol=1e-6)
 
 
-def test_unscored_windows_never_rise_above_their_scored_neighbours():
-    scores = torch.zeros(5, 5)
-    scored = torch.zeros(5, 5, dtype=torch.bool)
+def test_unscored_windows_are_the_coarse_map_interpolated():
+    scores = torch.zeros(5, 6)
+    scored = torch.zeros(5, 6, dtype=torch.bool)
     scored[::2, ::2] = True
+    scored[2, 3] = True                      # a refined window
     coarse = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.2, 0.0], [0.0, 0.0, 0.0]])
     scores[::2, ::2] = coarse
+    scores[2, 3] = 0.7
     filled = fill_unscored(scores, scored, coarse, 2)
-    assert filled[0, 1] == pytest.approx(0.0)   # between 0 and 1, capped at the lowest near
-    assert torch.equal(filled[::2, ::2], coarse)
+    assert filled[0, 1] == pytest.approx(0.5) and filled[1, 2] == pytest.approx(0.6)
+    assert filled[0, 5] == pytest.approx(0.0)   # past the last coarse column: replicated
+    assert torch.equal(filled[scored], scores[scored])
     assert float(filled.max()) == 1.0 and int(filled.argmax()) == 2
 
 
