@@ -250,6 +250,12 @@ def datasets(work: Path, sets: List[str], real: Optional[Path], st: BenchSetting
     return chosen
 
 
+def run_folder(work: Path, ds: Dataset, prefix: str) -> Path:
+    """The data set's own folder under ``work``, named after the set (not its position in
+    this run's list, so runs with other ``--sets`` never share models)."""
+    return work / f"{prefix}_{micrograph_key(ds.name.split('(')[0].strip().replace(' ', '_'))}"
+
+
 def ensure_pretrained(ds: Dataset, out: Path, st: BenchSettings) -> Path:
     """The data set's tiny MAE, pretrained once on all its micrographs (kept between runs)."""
     if not (out / "model.pt").exists():
@@ -264,8 +270,8 @@ def run(work: Path, sets: List[str], real: Optional[Path], seeds: List[int],
     """The whole benchmark; returns ``{"rows": per seed, "summary": mean/spread}``."""
     topaz_exe = topaz_peer.ensure_topaz(topaz_env) if topaz_env else None
     rows = []
-    for i, ds in enumerate(datasets(work, sets, real, st)):
-        base = work / f"runs{i}_{micrograph_key(ds.name.split()[0] + str(i))}"
+    for ds in datasets(work, sets, real, st):
+        base = run_folder(work, ds, "runs")
         pretrained = ensure_pretrained(ds, base / "pretrain", st)
         for seed in seeds:
             log.info("%s, seed %d", ds.name, seed)

@@ -29,7 +29,7 @@ from ..io.coordinates import micrograph_key, read_coordinates, write_coordinate_
 from . import topaz_peer
 from .features import Dataset
 from .picking import (BenchSettings, _engine, datasets, draw_exemplars, ensure_pretrained,
-                      pick_dog, pick_topaz, run_measured)
+                      pick_dog, pick_topaz, run_folder, run_measured)
 
 log = logging.getLogger("fewshotpicker")
 DEFAULT_SETS = ["4", "real"]  # SIM_SETS index 4: "sim many lures"
@@ -145,8 +145,7 @@ def run(work: Path, sets: List[str], real: Optional[Path], seeds: List[int],
     topaz_exe = topaz_peer.ensure_topaz(topaz_exe_env) if topaz_exe_env else None
     rows = []
     for ds in datasets(work, sets, real, st):
-        slug = micrograph_key(ds.name.split("(")[0].strip().replace(" ", "_"))
-        base = work / f"prune_{slug}"
+        base = run_folder(work, ds, "prune")
         pretrained = ensure_pretrained(ds, base / "pretrain", st)
         lures_path = Path(ds.train[0]).parent.parent / "lures.star"
         lures = read_coordinates(lures_path) if lures_path.exists() else None

@@ -260,3 +260,15 @@ def test_pick_speed_counts_the_windows_each_setting_scores():
     assert full["windows"] == 22 * 29 and full["coarse"] == 1
     assert fast["coarse"] == 2 and 11 * 15 <= fast["windows"] < full["windows"]
     assert full["s_per_mic"] > 0 and full["windows_per_s"] > 0
+
+
+def test_benchmark_folders_are_named_after_the_data_set_not_its_position():
+    # a run with --sets 1 once reused the models of set 0 (folders were numbered by position)
+    from pathlib import Path
+    from fewshotpicker.benchmarks.features import Dataset
+    from fewshotpicker.benchmarks.picking import SIM_SETS, run_folder
+    names = list(SIM_SETS) + ["EMPIAR-10028 (real)"]
+    folders = [run_folder(Path("w"), Dataset(n, [], [], None, None, 1.0), "runs") for n in names]
+    assert len(set(folders)) == len(names)
+    assert folders[0] == Path("w/runs_sim_default")
+    assert folders[-1] == Path("w/runs_EMPIAR-10028")
