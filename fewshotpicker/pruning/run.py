@@ -42,7 +42,7 @@ from ..models.mae import build_mae
 from ..picking.threshold import mixture_cutoff
 from ..training.common import load_mae, loop_settings
 from ..training.finetune import MIN_EXEMPLARS, centre_crop, embed_regions, sample
-from ..training.loop import train
+from ..training.loop import coordinate_items, inputs_fingerprint, train
 from . import outputs
 from .classifier import PUClassifier, pruner_payload
 from .crops import crop_all, crops_per_micrograph
@@ -185,7 +185,10 @@ def train_pruner(cfg: PruneConfig, picks: pd.DataFrame, positives: pd.DataFrame,
              cfg.train_blocks, device)
     clf.train()
     history = train(clf, prune_step_fn(clf, pos, unl, prior, cfg, device),
-                    loop_settings(cfg, cfg.steps), out_dir, to_dict(cfg), "PU pruner",
+                    loop_settings(cfg, cfg.steps), out_dir,
+                    {**to_dict(cfg), "inputs": inputs_fingerprint(
+                        coordinate_items(picks) + ["+" + c for c in coordinate_items(positives)])},
+                    "PU pruner",
                     (lambda it, total: progress(it, desc="train", total=total))
                     if progress else None)
     save_checkpoint(out_dir / MODEL_FILE, pruner_payload(clf, vars_of(pre), to_dict(cfg),

@@ -103,6 +103,19 @@ def test_too_few_exemplars_and_exemplars_outside(crowded, tmp_path):
         finetune(cfg, mics[:1], outside, tmp_path, "out.star")
 
 
+def test_a_checkpoint_made_on_other_exemplars_is_not_resumed(crowded, tmp_path):
+    out, meta, mics = crowded
+    cfg = TrainConfig(box=float(meta["box_px"]), model="micro", steps=2, device="cpu")
+    exemplars = read_coordinates(out / "exemplars.star")
+    finetune(cfg, mics[:1], exemplars, tmp_path)
+    finetune(cfg, mics[:1], exemplars.iloc[::-1], tmp_path)  # same exemplars: resumes
+    moved = exemplars.assign(x=exemplars["x"] + np.r_[3.0, np.zeros(len(exemplars) - 1)])
+    with pytest.raises(InputError, match="belongs to a run on other micrographs or coordinates"):
+        finetune(cfg, mics[:1], moved, tmp_path)
+    with pytest.raises(InputError, match="belongs to a run on other micrographs or coordinates"):
+        finetune(cfg, mics[:2], exemplars, tmp_path)
+
+
 def test_pretraining_learns_to_reconstruct(crowded):
     out, meta, mics = crowded
     history = json.loads((out / "pre" / "losses.json").read_text())

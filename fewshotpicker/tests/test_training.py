@@ -170,6 +170,18 @@ def test_resume_with_other_settings_is_refused(tmp_path):
               {"seed": 8, "steps": 4})
 
 
+def test_inputs_fingerprint_ignores_order_and_old_checkpoints_still_resume(tmp_path):
+    from fewshotpicker.training.loop import inputs_fingerprint
+    assert inputs_fingerprint(["a", "b:1.0:2.0"]) == inputs_fingerprint(["b:1.0:2.0", "a"])
+    assert inputs_fingerprint(["a", "b:1.0:2.0"]) != inputs_fingerprint(["a", "b:1.0:2.1"])
+    _toy_run(tmp_path, 4)  # its checkpoint records no inputs (as before they were recorded)
+    settings = LoopSettings(4, 1e-3, 1e-5, 2, 0.0, 2)
+    model = build_mae("tiny", **TEST)
+    history = train(model, lambda s: (torch.zeros((), requires_grad=True), {}), settings,
+                    tmp_path, {"seed": 7, "steps": 4, "inputs": "abc"})
+    assert len(history) == 4  # resumed at its end: nothing to run
+
+
 def test_shifted_centres_lie_in_the_off_centre_ring():
     from fewshotpicker.training.finetune import shifted_centres
     centres = np.array([[100.0, 100.0], [300.0, 50.0]])

@@ -42,7 +42,7 @@ from torch import nn
 
 from ..config import Pick3dConfig, to_dict
 from ..device import autocast
-from ..training.loop import LoopSettings, train
+from ..training.loop import LoopSettings, inputs_fingerprint, train
 from .data import Tomogram, crop_size
 from .targets import (VIEWS, apply_view, cube_max, ema_update, gaussian_heatmap,
                       invert_view, local_peaks, wedge_dropblock)
@@ -280,7 +280,10 @@ def train_detector(cfg: Pick3dConfig, tomos: List[Tomogram], labels: Dict[str, t
     settings = LoopSettings(steps=cfg.steps, lr=cfg.lr, min_lr=cfg.min_lr,
                             warmup_steps=max(1, int(round(cfg.warmup * cfg.steps))),
                             weight_decay=cfg.weight_decay, checkpoint_every=cfg.checkpoint_every)
-    history = train(pair, detector_step_fn(pair, ctx, device), settings, out_dir, to_dict(cfg),
-                    "3D detector", (lambda it, total: progress(it, desc="train", total=total))
+    inputs = [t.path.stem for t in tomos] + [
+        f"{key}:{':'.join(f'{v:.1f}' for v in c)}:{k}"
+        for key, (centres, classes) in labels.items() for c, k in zip(centres, classes)]
+    history = train(pair, detector_step_fn(pair, ctx, device), settings, out_dir,
+                    {**to_dict(cfg), "inputs": inputs_fingerprint(inputs)}, "3D detector", (lambda it, total: progress(it, desc="train", total=total))
                     if progress else None)
     return (pair.teacher if cfg.semi else pair.student), history

@@ -31,7 +31,7 @@ from ..io.mrc import read_image
 from ..losses import masked_mse, scs_loss
 from ..models.mae import MaskedAutoencoder, build_mae
 from .common import load_mae, loop_settings, model_payload
-from .loop import step_generator, train
+from .loop import coordinate_items, inputs_fingerprint, step_generator, train
 
 log = logging.getLogger("fewshotpicker")
 MIN_EXEMPLARS = 3
@@ -211,7 +211,10 @@ def finetune(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame,
     forward = torch.compile(model) if cfg.compile else model
     model.train()
     history = train(model, finetune_step_fn(model, positives, pool, cfg, device, forward, shifted),
-                    loop_settings(cfg, cfg.steps), out_dir, to_dict(cfg), "exemplar fine-tuning",
+                    loop_settings(cfg, cfg.steps), out_dir,
+                    {**to_dict(cfg), "inputs": inputs_fingerprint(
+                        [m.stem for m in micrographs] + coordinate_items(exemplars))},
+                    "exemplar fine-tuning",
                     (lambda it, total: progress(it, desc="train", total=total))
                     if progress else None)
     views = centre_crop(positives, model.cfg.img_size)

@@ -14,6 +14,7 @@ next step boundary, so the saved state is always consistent.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -93,6 +94,19 @@ def stop_at_step_boundary():
             signal.signal(sig, handler)
 
 
+def inputs_fingerprint(items) -> str:
+    """A short hash of a run's inputs given as strings (micrograph names, ``name:x:y``
+    coordinates; order ignored), kept as ``config["inputs"]`` so that a checkpoint made on
+    other data is never resumed."""
+    return hashlib.sha256(json.dumps(sorted(map(str, items))).encode()).hexdigest()[:16]
+
+
+def coordinate_items(table) -> list:
+    """``micrograph:x:y`` strings (0.1 px) of a coordinate table, for :func:`inputs_fingerprint`."""
+    keys = table["micrograph"].astype(str).map(lambda m: Path(m).stem)
+    return [f"{k}:{x:.1f}:{y:.1f}" for k, x, y in zip(keys, table["x"], table["y"])]
+
+
 def _comparable(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES}
 
@@ -105,7 +119,12 @@ def _resume(out_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
     state = load_checkpoint(path, kinds=["resume"])
     old = _comparable(state["config"])
     new = _comparable(config)
+    if "inputs" not in old:  # a checkpoint from before the inputs were recorded
+        new.pop("inputs", None)
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if "inputs" in changed:
+        raise InputError(f"{path}: belongs to a run on other micrographs or coordinates; "
+                         f"choose a new output folder or remove it to start over.")
     if changed:
         raise InputError(f"{path}: belongs to a run with other settings ({', '.join(changed)} "
                          f"differ); choose a new output folder or remove it to start over.")

@@ -15,7 +15,7 @@ from ..io.checkpoint import MODEL_FILE, save_checkpoint
 from ..losses import masked_mse
 from ..models.mae import build_mae
 from .common import augment, epoch_batches, loop_settings, model_payload, region_bank
-from .loop import step_generator, train
+from .loop import inputs_fingerprint, step_generator, train
 
 log = logging.getLogger("fewshotpicker")
 
@@ -57,7 +57,9 @@ def pretrain(cfg: PretrainConfig, micrographs: List[Path], out_dir: Path,
     forward = torch.compile(model) if cfg.compile else model
     steps = cfg.epochs * epoch_batches(len(bank), cfg.batch_size)
     history = train(model, pretrain_step_fn(model, bank, cfg, device, forward),
-                    loop_settings(cfg, steps), out_dir, to_dict(cfg), "MAE pretraining",
+                    loop_settings(cfg, steps), out_dir,
+                    {**to_dict(cfg), "inputs": inputs_fingerprint(m.stem for m in micrographs)},
+                    "MAE pretraining",
                     (lambda it, total: progress(it, desc="pretrain", total=total))
                     if progress else None)
     save_checkpoint(out_dir / MODEL_FILE, model_payload(model, "pretrained", pre, to_dict(cfg)))
