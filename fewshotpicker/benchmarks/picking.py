@@ -125,7 +125,7 @@ def pick_fewshot(model: Path, ds: Dataset, out: Path, device: str, coarse: int =
             "all": read_coordinates(out / "candidates.star"), "seconds": seconds,
             "peak_rss_mb": rss, "gpu_mb": max(summary["peak_gpu_memory_mb"].values(),
                                                default=None),
-            "windows_scored": float(np.mean(shares))}
+            "windows_scored": float(np.mean(shares)), "device": device}
 
 
 def pick_dog(ds: Dataset, out: Path) -> dict:
@@ -137,7 +137,7 @@ def pick_dog(ds: Dataset, out: Path) -> dict:
                  out.parent / "commands.log")
     return {"kept": read_coordinates(out / "kept" / "autopick.star"),
             "all": read_coordinates(out / "all" / "autopick.star"), "seconds": seconds,
-            "peak_rss_mb": rss, "gpu_mb": None}
+            "peak_rss_mb": rss, "gpu_mb": None, "device": "cpu"}
 
 
 def pick_topaz(exe: Path, ds: Dataset, exemplars: pd.DataFrame, out: Path,
@@ -153,7 +153,8 @@ def pick_topaz(exe: Path, ds: Dataset, exemplars: pd.DataFrame, out: Path,
     picks, _ = topaz_peer.extract(exe, model, pre, ds.test, ds.box, scale, out / "extract", st)
     seconds, rss = _time_topaz_extract(exe, model, pre, ds, scale, out, st)
     return {"kept": picks[picks["score"] > 0], "all": picks, "seconds": seconds,
-            "peak_rss_mb": rss, "gpu_mb": None, "train_seconds": train_s}
+            "peak_rss_mb": rss, "gpu_mb": None, "train_seconds": train_s,
+            "device": "cpu" if st.device < 0 else f"cuda:{st.device}"}
 
 
 def _time_topaz_extract(exe: Path, model: Path, pre: Path, ds: Dataset, scale: int, out: Path,
@@ -192,7 +193,8 @@ def score_picker(res: dict, ds: Dataset) -> tuple:
     row = {"precision": c["precision"] or 0.0, "recall": c["recall"] or 0.0,
            "f1": c["f1"] or 0.0, "best_f1": f1_best, "ap": h["ap"] or 0.0,
            "s_per_mic": res["seconds"] / len(mics), "peak_rss_mb": res["peak_rss_mb"],
-           "gpu_mb": res["gpu_mb"], "windows_scored": res.get("windows_scored")}
+           "gpu_mb": res["gpu_mb"], "windows_scored": res.get("windows_scored"),
+           "device": res.get("device")}
     return row, h.get("curve")
 
 
@@ -228,6 +230,7 @@ def summarise(rows: List[dict]) -> List[dict]:
             row[col] = float(g[col].mean())
             if col in ("f1", "ap"):
                 row[f"{col}_std"] = float(g[col].std(ddof=0))
+        row["device"] = str(g["device"].iloc[0])
         row["s_per_mic"] = float(g["s_per_mic"].mean())
         if g["windows_scored"].notna().any():
             row["windows_scored"] = float(g["windows_scored"].mean())

@@ -272,3 +272,15 @@ def test_benchmark_folders_are_named_after_the_data_set_not_its_position():
     assert len(set(folders)) == len(names)
     assert folders[0] == Path("w/runs_sim_default")
     assert folders[-1] == Path("w/runs_EMPIAR-10028")
+
+
+def test_benchmark_summary_gives_mean_spread_device_and_windows_scored():
+    from fewshotpicker.benchmarks.picking import summarise
+    rows = [dict(dataset="sim", picker="fast", seed=s, precision=0.8, recall=0.9, f1=f1,
+                 best_f1=0.9, ap=0.85, s_per_mic=2.0 + s, peak_rss_mb=100.0 + s, gpu_mb=None,
+                 windows_scored=0.4 + 0.1 * s, device="cpu") for s, f1 in ((0, 0.8), (1, 0.9))]
+    (row,) = summarise(rows)
+    assert row["seeds"] == 2 and row["device"] == "cpu"
+    assert row["f1"] == pytest.approx(0.85) and row["f1_std"] == pytest.approx(0.05)
+    assert row["s_per_mic"] == pytest.approx(2.5) and row["peak_mb"] == 101.0
+    assert row["windows_scored"] == pytest.approx(0.45)
