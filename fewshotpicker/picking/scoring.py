@@ -107,10 +107,21 @@ def score_windows_at(model, grid: torch.Tensor, bank: Bank, where: torch.Tensor,
     return out
 
 
-def coarse_maxima(coarse: torch.Tensor) -> torch.Tensor:
-    """Local maxima (3 x 3) of a coarse map ``(cy, cx)`` as a boolean mask."""
+# share of the coarse map, highest first, refined besides its local maxima
+REFINE_TOP = 0.15
+
+
+def refine_seeds(coarse: torch.Tensor, top: float = REFINE_TOP) -> torch.Tensor:
+    """Coarse windows ``(cy, cx)`` to refine around: the local maxima (3 x 3) and the
+    ``top`` share of the highest scores (boolean mask).
+
+    The top share catches particles whose peak fell between coarse windows next
+    to a higher neighbour; with maxima alone the fast setting lost 0.016 F1 on
+    the default simulated set, with both 0.010, scoring 0.55 of the windows
+    instead of 0.46 (re-scored from the benchmark models' window features).
+    """
     pooled = F.max_pool2d(coarse[None, None], 3, stride=1, padding=1)[0, 0]
-    return coarse >= pooled
+    return (coarse >= pooled) | (coarse >= torch.quantile(coarse.flatten(), 1.0 - top))
 
 
 def fill_unscored(scores: torch.Tensor, scored: torch.Tensor, coarse: torch.Tensor,
@@ -138,9 +149,11 @@ def score_coarse_to_fine(model, grid: torch.Tensor, bank: Bank, batch: int, fact
     """Scores ``(gy, gx)`` of a window grid view, running about half its windows.
 
     Every ``factor``-th window in each direction is scored first; around each
-    local maximum of that coarse map the windows within ``factor - 1`` cells
-    are scored too, so every peak is found and placed on the fine grid.
-    Returns ``(scores (gy, gx), share of windows scored)``.
+    local maximum of that coarse map, and each of its highest scores
+    (:func:`refine_seeds`), the windows within ``factor - 1`` cells are scored
+    too, so every peak is found and placed on the fine grid.
+    Returns ``(scores (gy, gx), share of windows scored)``, about 0.55 on the
+    benchmark's score maps.
     """
     gy, gx = grid.shape[:2]
     device = bank.matrix.device
@@ -148,7 +161,7 @@ def score_coarse_to_fine(model, grid: torch.Tensor, bank: Bank, batch: int, fact
     scored = torch.zeros(gy, gx, dtype=torch.bool, device=device)
     scored[::factor, ::factor] = True
     seeds = torch.zeros_like(scored)
-    seeds[::factor, ::factor] = coarse_maxima(coarse)
+    seeds[::factor, ::factor] = refine_seeds(coarse)
     near = F.max_pool2d(seeds[None, None].float(), 2 * factor - 1, stride=1,
                         padding=factor - 1)[0, 0] > 0
     todo = (near & ~scored).nonzero()

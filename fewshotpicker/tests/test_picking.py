@@ -11,8 +11,9 @@ from fewshotpicker.io.mrc import write_mrc
 from fewshotpicker.models.mae import build_mae
 from fewshotpicker.picking import run as pick_run
 from fewshotpicker.picking.picker import Candidates, default_stride, find_candidates
-from fewshotpicker.picking.scoring import (Bank, ScoreMap, fill_unscored, score_coarse_to_fine,
-                                           score_grid, score_micrograph, window_grid)
+from fewshotpicker.picking.scoring import (Bank, ScoreMap, fill_unscored, refine_seeds,
+                                           score_coarse_to_fine, score_grid, score_micrograph,
+                                           window_grid)
 from fewshotpicker.picking.threshold import (choose_cutoff, density_cutoff, gmm_cutoff,
                                              otsu2_cutoff,
                                              otsu_threshold)
@@ -231,6 +232,15 @@ def test_unscored_windows_are_the_coarse_map_interpolated():
     assert filled[0, 5] == pytest.approx(0.0)   # past the last coarse column: replicated
     assert torch.equal(filled[scored], scores[scored])
     assert float(filled.max()) == 1.0 and int(filled.argmax()) == 2
+
+
+def test_refinement_seeds_are_coarse_maxima_and_the_highest_scores():
+    coarse = torch.linspace(0.0, 0.5, 100).reshape(10, 10)   # rises to the last corner
+    coarse[2, 2] = 0.45                                       # an isolated local maximum
+    seeds = refine_seeds(coarse, top=0.1)
+    assert seeds[2, 2] and seeds[9, 9]                        # both maxima
+    assert seeds[9, 0] and not seeds[8, 9]                    # the top 10% is the last row
+    assert not seeds[5, 5] and int(seeds.sum()) == 11
 
 
 def test_fast_setting_picks_what_the_full_map_picks(random_model, tmp_path):
