@@ -33,8 +33,8 @@ def add_parser(sub) -> None:
     p.add_argument("--stride", type=float, help="px between windows (default box / 5)")
     p.add_argument("--coarse", type=int,
                    help="the fast setting: 2 scores every 2nd window in each direction first "
-                        "and the skipped ones only around that map's peaks (about half the "
-                        "windows); 1 scores every window (default)")
+                        "and the skipped ones only around that map's peaks and highest scores "
+                        "(about 55%% of the windows); 1 scores every window (default)")
     p.add_argument("--min-distance", type=float, help="px between picks (default box / 2)")
     p.add_argument("--shoulder-reach", type=float,
                    help="boxes: a peak on the flank of a higher peak this near is dropped "
@@ -71,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
     choose_cutoff(np.empty(0), cfg.threshold)  # refuses an unknown rule before any work
     if cfg.coarse < 1:
         raise InputError(f"--coarse {cfg.coarse}: must be 1 (every window) or more.")
+    if cfg.shoulder_reach < 0 or not 0 < cfg.shoulder_dip <= 1:
+        raise InputError(f"--shoulder-reach {cfg.shoulder_reach} / --shoulder-dip "
+                         f"{cfg.shoulder_dip}: the reach must be 0 (off) or more boxes and the "
+                         f"dip a share of the peak's height in (0, 1].")
     results = score_all(cfg, mics, lambda it, total: progress(it, "pick", total))
     good = [r for r in results.values() if not isinstance(r, str)]
     if not good:

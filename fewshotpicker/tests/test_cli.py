@@ -107,6 +107,11 @@ def test_bad_input_gives_one_sentence_and_exit_2(tmp_path, capsys):
                        str(tmp_path / "stack.mrc"), "--out", str(tmp_path / "q"),
                        "--coarse", "0")
     assert code == 2 and err.strip().endswith("--coarse 0: must be 1 (every window) or more.")
+    code, _, err = run(capsys, "pick", "--model", str(tmp_path), "--micrographs",
+                       str(tmp_path / "stack.mrc"), "--out", str(tmp_path / "q"),
+                       "--shoulder-dip", "1.5")
+    assert code == 2 and "the dip a share of the peak's height in (0, 1]." in err
+    assert len(err.strip().splitlines()) == 1
     (tmp_path / "run.json").write_text(json.dumps({"snr": 0.1, "colour": "red"}))
     code, _, err = run(capsys, "simulate", "--out", str(tmp_path / "s"), "--config",
                        str(tmp_path / "run.json"))

@@ -45,9 +45,9 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
         form.addParam("fast", params.BooleanParam, default=False,
                       label="Fast scoring (coarse to fine)",
                       help="Score every second window in each direction first, then the "
-                           "skipped windows only around that coarse map's peaks: about half "
-                           "the windows, so about twice as fast (see the README's benchmark "
-                           "for what it costs in F1).")
+                           "skipped windows only around that coarse map's peaks and highest "
+                           "scores: 55-57% of the windows on the benchmark, 1.4-1.9x faster, "
+                           "F1 within 0.01 except on very noisy micrographs (README).")
         form.addParam("minDistance", params.FloatParam, default=0.0,
                       expertLevel=params.LEVEL_ADVANCED, label="Minimum distance (px)",
                       help="Between two picks; 0 = the particle radius (half the box).")
