@@ -39,8 +39,9 @@ def _gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of ``(h, w)`` with reflect padding (sigma in px).
 
     Each axis is convolved through the FFT (zero-padded, so no wrap-around):
-    the same result as a direct convolution to float precision, and 3-4x
-    faster on a CPU already at sigma 2 (the background blur reaches sigma 128).
+    the same result as a direct convolution to float precision. On a
+    1170 x 1170 image on two CPU cores it took 0.048 s against 0.187 s at sigma
+    1.9 and 0.132 s against 0.578 s at sigma 128 (the background blur).
     """
     radius = int(min(3 * sigma, (min(img.shape) - 1) // 2))
     x = torch.arange(-radius, radius + 1, device=img.device, dtype=img.dtype)
