@@ -53,7 +53,9 @@ log = logging.getLogger("fewshotpicker")
 
 def build_classifier(cfg: PruneConfig, device: torch.device) -> tuple:
     """The classifier on the given encoder (or a new one, with a warning) and its
-    preprocessing; returns ``(classifier, Preprocess)``."""
+    preprocessing; returns ``(classifier, Preprocess)``. The new weights (the head, or all
+    without a model) come from ``cfg.seed``: the same run gives the same pruner."""
+    torch.manual_seed(cfg.seed)
     if cfg.model:
         encoder, payload = load_mae(cfg.model, device)
         old = payload.get("preprocess", {})

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fewshotpicker.cli.main import main
-from fewshotpicker.config import MicrographSimConfig, PruneConfig
+from fewshotpicker.config import MicrographSimConfig, PretrainConfig, PruneConfig
 from fewshotpicker.data.synthetic import simulate_dataset
 from fewshotpicker.io.coordinates import micrograph_key, read_coordinates, write_coordinate_table
 from fewshotpicker.losses.nnpu import nnpu_risk, surrogate
@@ -16,6 +16,7 @@ from fewshotpicker.picking.threshold import mixture_cutoff
 from fewshotpicker.pruning.gallery import gallery_rows
 from fewshotpicker.pruning.prior import leave_one_out_similarity, ratio_prior
 from fewshotpicker.pruning.run import choose_threshold, prune
+from fewshotpicker.training.pretrain import pretrain
 
 
 def _softplus(x):
@@ -136,6 +137,22 @@ def test_pruner_keeps_particles_and_drops_lures(lure_set, tmp_path):
     rejected = read_coordinates(tmp_path / "rejected" / "autopick.star")
     assert len(kept) == summary["kept"] and len(rejected) == summary["rejected"]
     assert (tmp_path / "gallery.png").stat().st_size > 1000
+
+
+def test_two_runs_on_one_model_with_one_seed_give_the_same_scores(small_dataset, tmp_path):
+    folder, _ = small_dataset
+    mics = sorted((folder / "micrographs").glob("*.mrc"))
+    pretrain(PretrainConfig(model="micro", box=40, epochs=1, regions_per_micrograph=16,
+                            batch_size=16, device="cpu"), mics, tmp_path / "model")
+    truth = read_coordinates(folder / "truth.star")
+    picks = truth[truth["micrograph"].map(micrograph_key) == "mic_001"]
+    cfg = PruneConfig(model=str(tmp_path / "model"), steps=4, device="cpu")
+    exemplars = read_coordinates(folder / "exemplars.star")
+    for run in ("a", "b"):  # the head's starting weights are seeded, not only the batches
+        prune(cfg, mics, picks, exemplars, tmp_path / run)
+    a, b = (read_coordinates(tmp_path / run / "scores.star") for run in ("a", "b"))
+    np.testing.assert_allclose(a["score"], b["score"], rtol=1e-6)
+    assert a["score"].std() > 0
 
 
 def test_prune_command_writes_outputs_resumes_and_refuses_bad_input(small_dataset, tmp_path,

@@ -92,11 +92,25 @@ class TestFewShotPrune(BaseTest):
         self.assertEqual(kept.getSize() + rejected.getSize(), self.picks.getSize())
         self.assertEqual(self.picks.getSize(), len(self.particles) + len(self.lures))
         self.assertGreater(rejected.getSize(), 0.4 * len(self.lures))
+        # half the picks are lures, so chance is 0.5 for both shares; 6 seeds of this setup
+        # gave 0.82-1.00 (the cut is a mixture fit to 50 logits, so it moves by a few picks)
         lure_share = _near(self._positions(rejected), self.lures).mean()
-        self.assertGreaterEqual(lure_share, 0.8)
+        self.assertGreaterEqual(lure_share, 0.7)
         particles_kept = _near(self.particles[["x", "y"]].to_numpy(float),
                                pd.DataFrame(self._positions(kept), columns=["x", "y"])).mean()
-        self.assertGreaterEqual(particles_kept, 0.8)
+        self.assertGreaterEqual(particles_kept, 0.7)
+
+    def test_the_probabilities_rank_particles_above_lures(self):
+        from sklearn.metrics import roc_auc_score
+        picks = [(c.getX(), c.getY(), getattr(c, PRUNE_SCORE_ATTR).get())
+                 for output in (self.prune.outputCoordinates,
+                                self.prune.outputCoordinatesRejected)
+                 for c in output.iterItems()]
+        picks = np.array(picks, dtype=float)
+        is_particle = _near(picks[:, :2], self.particles)
+        self.assertEqual(int(is_particle.sum()), len(self.particles))
+        # 6 seeds of this setup: AUC 0.94-0.98; chance is 0.5
+        self.assertGreaterEqual(roc_auc_score(is_particle, picks[:, 2]), 0.9)
 
     def test_outputs_keep_the_input_coordinates_and_carry_the_probability(self):
         kept, rejected = self.prune.outputCoordinates, self.prune.outputCoordinatesRejected
