@@ -21,7 +21,9 @@ Targets:
   whole 1024 x 1024 x 300 volume (``--volume``), against the volume's size;
 - ``pick-speed``: seconds per micrograph, windows/s and achieved TFLOP/s of the
   picking path (ratio to the GPU's bf16 peak where known), e.g. base on a
-  4096 x 4096 micrograph with box 180 at stride 28.
+  4096 x 4096 micrograph with box 180 at stride 28. With ``--topaz-env``
+  also whole commands: ``fewshotpicker pick`` beside ``topaz extract`` on
+  the same micrographs (one, then all), start-up included.
 
 Benchmarks report the device they ran on; nothing here is a pass/fail test.
 """
@@ -31,6 +33,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..config import PickConfig
 from ..io.atomic import write_text_atomic
 from ..models.mae import MODEL_SIZES
 
@@ -53,11 +56,14 @@ def add_parser(sub) -> None:
                                           "tomo", "tomo-memory", "pick-speed"])
     p.add_argument("--model", choices=sorted(MODEL_SIZES), default="tiny")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch", type=int, default=128, help="train-speed: regions per step")
+    p.add_argument("--batch", type=int, default=None,
+                   help="train-speed: regions per step (128); pick-speed: windows per encoder "
+                        "batch (pick's default, 1024)")
     p.add_argument("--steps", type=int, default=None,
                    help="train-speed: timed steps (10); features: fine-tuning steps (300)")
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--real", help="features: folder of the EMPIAR-10028 set "
+    p.add_argument("--real", help="features, picking, pruning, pick-speed with --topaz-env: "
+                                  "folder of the EMPIAR-10028 set "
                                   "(../shared/data/empiar-10028)")
     p.add_argument("--sets", default="simulated,real",
                    help="features: which data sets to run (default both; real needs "
@@ -67,8 +73,9 @@ def add_parser(sub) -> None:
     p.add_argument("--work", default="benchmark_work", help="features: folder for runs")
     p.add_argument("--seeds", default="0,1,2", help="picking: exemplar/training seeds")
     p.add_argument("--topaz-env", default="",
-                   help="picking: virtual environment for Topaz, created on first use "
-                        "(e.g. benchmark_work/topaz-venv); empty = leave Topaz out")
+                   help="picking, pruning: virtual environment for Topaz, created on first "
+                        "use (e.g. benchmark_work/topaz-venv); empty = leave Topaz out; "
+                        "pick-speed: also time our pick command beside Topaz's extract")
     p.add_argument("--topaz-updates", type=int, default=1000,
                    help="picking: Topaz training updates (its default is 10000)")
     p.add_argument("--size", default="4096x4096", help="pick-speed: micrograph WxH in px")
@@ -88,6 +95,21 @@ def add_parser(sub) -> None:
     p.add_argument("--tile", type=int, default=96, help="tomo-memory: tile core side")
     p.add_argument("--out", help="also save the figures as JSON here")
     p.set_defaults(func=run)
+
+
+def _command_speed(args, shape: tuple) -> list:
+    """pick-speed with --topaz-env: our command and Topaz's extract on the same micrographs
+    (the real set's test micrographs with --real, else six noise micrographs of --size)."""
+    from ..benchmarks import command_speed
+    work = Path(args.work) / "command_speed"
+    mics = sorted((Path(args.real) / "mics_test").glob("*.mrc")) if args.real else \
+        command_speed.noise_micrographs(work / "noise", 6, shape)
+    rows = command_speed.run(work, mics, args.box, args.model,
+                             args.device, Path(args.topaz_env), [int(c) for c in args.coarse.split(",")])
+    print(f"\nwhole commands on {len(mics)} micrographs ({'real' if args.real else 'noise'}),"
+          f" start-up included; ratio = ours / Topaz:")
+    _print_rows(rows)
+    return rows
 
 
 def _print_rows(rows: list) -> None:
@@ -126,16 +148,19 @@ def _run_picking(args: argparse.Namespace, module) -> dict:
 def run(args: argparse.Namespace) -> int:
     if args.target == "train-speed":
         from ..benchmarks import train_speed
-        result = train_speed.run(args.model, args.device, args.batch, args.steps or 10,
+        result = train_speed.run(args.model, args.device, args.batch or 128, args.steps or 10,
                                  args.compile)
         _print_rows([result])
     elif args.target == "pick-speed":
         from ..benchmarks import pick_speed
         w, h = (int(v) for v in args.size.lower().split("x"))
         result = [pick_speed.time_picking(args.model, (h, w), args.box, args.stride, args.device,
-                                          args.batch, args.repeats, args.compile,
+                                          args.batch or PickConfig().batch_size, args.repeats,
+                                          args.compile,
                                           coarse=int(c)) for c in args.coarse.split(",")]
         _print_rows(result)
+        if args.topaz_env:
+            result = {"in_process": result, "commands": _command_speed(args, (h, w))}
     elif args.target == "tomo":
         from ..benchmarks import tomo
         result = tomo.run(Path(args.work), [float(f) for f in args.fractions.split(",")],

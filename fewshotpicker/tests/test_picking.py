@@ -1,13 +1,16 @@
 """Picking engine: window geometry, cutoffs, out-of-memory retry, failures that do not spread."""
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from fewshotpicker.cli.main import main
 from fewshotpicker.config import PickConfig
 from fewshotpicker.data.regions import Preprocess, crop_windows, prepare_micrograph
 from fewshotpicker.errors import InputError
 from fewshotpicker.io.checkpoint import save_checkpoint
-from fewshotpicker.io.mrc import write_mrc
+from fewshotpicker.io.mrc import read_image, write_mrc
 from fewshotpicker.models.mae import build_mae
 from fewshotpicker.picking import run as pick_run
 from fewshotpicker.picking.picker import Candidates, default_stride, find_candidates
@@ -270,6 +273,20 @@ def test_pick_speed_counts_the_windows_each_setting_scores():
     assert full["windows"] == 22 * 29 and full["coarse"] == 1
     assert fast["coarse"] == 2 and 11 * 15 <= fast["windows"] < full["windows"]
     assert full["s_per_mic"] > 0 and full["windows_per_s"] > 0
+
+
+def test_command_speed_model_picks_and_the_per_micrograph_cost_is_the_difference(tmp_path):
+    from fewshotpicker.benchmarks import command_speed as cs
+    model = cs.random_picking_model(tmp_path / "model", "micro", box=24.0)
+    mics = cs.noise_micrographs(tmp_path / "mics", 2, (96, 128))
+    assert [read_image(m).data.shape for m in mics] == [(96, 128)] * 2
+    assert main(["pick", "--model", str(model), "--micrographs", *map(str, mics), "--out",
+                 str(tmp_path / "picks"), "--device", "cpu"]) == 0
+    summary = json.loads((tmp_path / "picks" / "summary.json").read_text())
+    assert len(summary["micrographs"]) == 2 and summary["failed"] == {}
+    # 10 s for one micrograph, 16 s for four: 2 s per further micrograph
+    assert cs.per_further(10.0, 16.0, 4) == 2.0
+    assert np.isnan(cs.per_further(10.0, 10.0, 1))
 
 
 def test_benchmark_folders_are_named_after_the_data_set_not_its_position():
