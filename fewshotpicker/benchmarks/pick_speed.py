@@ -20,6 +20,7 @@ from ..data.regions import Preprocess
 from ..device import resolve_device
 from ..models.mae import build_mae
 from ..picking.picker import default_stride, find_candidates
+from ..picking.run import window_batch
 from ..picking.scoring import Bank, score_micrograph
 
 # dense bf16 tensor-core peaks in TFLOP/s (vendor figures, no sparsity)
@@ -49,7 +50,7 @@ def device_peak_tflops(device: torch.device) -> Optional[float]:
 
 
 def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: float = 180.0,
-                 stride: float = 0.0, device: str = "auto", batch: int = 1024, repeats: int = 3,
+                 stride: float = 0.0, device: str = "auto", batch: int = 0, repeats: int = 3,
                  compile: bool = False, bank_size: int = 60, coarse: int = 1) -> dict:
     """Median seconds of picking one ``size`` micrograph, with the derived rates.
 
@@ -58,6 +59,7 @@ def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: floa
     picking benchmark reports the share on real score maps.
     """
     dev = resolve_device(device)
+    batch = window_batch(batch, dev)
     torch.manual_seed(0)
     model = build_mae(model_size).to(dev).eval()
     if compile:
@@ -91,7 +93,8 @@ def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: floa
     return {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
             f"cpu ({torch.get_num_threads()} threads)",
             "model": model_size, "micrograph": f"{size[1]}x{size[0]}", "box": box,
-            "stride": round(stride, 2), "coarse": coarse, "windows": windows, "s_per_mic": seconds,
+            "stride": round(stride, 2), "coarse": coarse, "batch": batch, "windows": windows,
+            "s_per_mic": seconds,
             "windows_per_s": windows / seconds, "tflops": tflops,
             "peak_fraction": tflops / peak if peak else None,
             "gpu_mb": torch.cuda.max_memory_allocated(dev) / 2 ** 20 if dev.type == "cuda"

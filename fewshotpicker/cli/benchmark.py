@@ -33,7 +33,6 @@ import argparse
 import json
 from pathlib import Path
 
-from ..config import PickConfig
 from ..io.atomic import write_text_atomic
 from ..models.mae import MODEL_SIZES
 
@@ -58,7 +57,7 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch", type=int, default=None,
                    help="train-speed: regions per step (128); pick-speed: windows per encoder "
-                        "batch (pick's default, 1024)")
+                        "batch (pick's default: 1024 on a GPU, 128 on a CPU)")
     p.add_argument("--steps", type=int, default=None,
                    help="train-speed: timed steps (10); features: fine-tuning steps (300)")
     p.add_argument("--compile", action="store_true")
@@ -155,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         from ..benchmarks import pick_speed
         w, h = (int(v) for v in args.size.lower().split("x"))
         result = [pick_speed.time_picking(args.model, (h, w), args.box, args.stride, args.device,
-                                          args.batch or PickConfig().batch_size, args.repeats,
+                                          args.batch or 0, args.repeats,
                                           args.compile,
                                           coarse=int(c)) for c in args.coarse.split(",")]
         _print_rows(result)

@@ -49,7 +49,9 @@ def add_parser(sub) -> None:
     p.add_argument("--k", type=int, help="neighbours of the density cutoff (default 10)")
     p.add_argument("--quantile", type=float, help="with --threshold quantile (default 0.9)")
     p.add_argument("--exclude-border", type=float, help="px kept free at the edges")
-    p.add_argument("--batch-size", type=int, help="windows per batch (default 1024)")
+    p.add_argument("--batch-size", type=int,
+                   help="windows per encoder batch (default 0: 1024 on a GPU, 128 on a CPU; "
+                        "halves by itself when the GPU runs out of memory)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or a list such as 0,1")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
                    help="encoder arithmetic: auto (default: bf16 on GPUs and on CPUs with "
@@ -71,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
     choose_cutoff(np.empty(0), cfg.threshold)  # refuses an unknown rule before any work
     if cfg.coarse < 1:
         raise InputError(f"--coarse {cfg.coarse}: must be 1 (every window) or more.")
+    if cfg.batch_size < 0:
+        raise InputError(f"--batch-size {cfg.batch_size}: must be 0 (the device's default) or "
+                         f"more windows.")
     if cfg.shoulder_reach < 0 or not 0 < cfg.shoulder_dip <= 1:
         raise InputError(f"--shoulder-reach {cfg.shoulder_reach} / --shoulder-dip "
                          f"{cfg.shoulder_dip}: the reach must be 0 (off) or more boxes and the "

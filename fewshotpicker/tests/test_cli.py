@@ -109,6 +109,10 @@ def test_bad_input_gives_one_sentence_and_exit_2(tmp_path, capsys):
     assert code == 2 and err.strip().endswith("--coarse 0: must be 1 (every window) or more.")
     code, _, err = run(capsys, "pick", "--model", str(tmp_path), "--micrographs",
                        str(tmp_path / "stack.mrc"), "--out", str(tmp_path / "q"),
+                       "--batch-size", "-8")
+    assert code == 2 and "--batch-size -8: must be 0 (the device's default)" in err
+    code, _, err = run(capsys, "pick", "--model", str(tmp_path), "--micrographs",
+                       str(tmp_path / "stack.mrc"), "--out", str(tmp_path / "q"),
                        "--shoulder-dip", "1.5")
     assert code == 2 and "the dip a share of the peak's height in (0, 1]." in err
     assert len(err.strip().splitlines()) == 1

@@ -264,13 +264,19 @@ def test_fast_setting_picks_what_the_full_map_picks(random_model, tmp_path):
     np.testing.assert_allclose(b.scores[:3], a.scores[:3], atol=1e-5)
 
 
+def test_window_batch_defaults_to_the_device_and_keeps_a_given_size():
+    assert pick_run.window_batch(0, torch.device("cpu")) == pick_run.CPU_BATCH == 128
+    assert pick_run.window_batch(0, torch.device("cuda", 1)) == pick_run.GPU_BATCH == 1024
+    assert pick_run.window_batch(300, torch.device("cpu")) == 300
+
+
 def test_pick_speed_counts_the_windows_each_setting_scores():
     from fewshotpicker.benchmarks.pick_speed import time_picking
     full = time_picking("micro", (120, 150), box=24.0, device="cpu", repeats=1)
     fast = time_picking("micro", (120, 150), box=24.0, device="cpu", repeats=1, coarse=2)
     # micro input 32 px for a 24 px box: 160 x 200 px prepared; stride 4.8 px -> step 6;
     # windows (160 - 32) / 6 + 1 = 22 by (200 - 32) / 6 + 1 = 29
-    assert full["windows"] == 22 * 29 and full["coarse"] == 1
+    assert full["windows"] == 22 * 29 and full["coarse"] == 1 and full["batch"] == 128
     assert fast["coarse"] == 2 and 11 * 15 <= fast["windows"] < full["windows"]
     assert full["s_per_mic"] > 0 and full["windows_per_s"] > 0
 

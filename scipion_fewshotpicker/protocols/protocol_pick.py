@@ -58,9 +58,11 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
                            "between the two (two particles side by side always have such a "
                            "valley: the window between them is centred on neither). Removes "
                            "the second, off-centre pick on one particle. 0 = off.")
-        form.addParam("batchSize", params.IntParam, default=1024,
+        form.addParam("batchSize", params.IntParam, default=0,
                       expertLevel=params.LEVEL_ADVANCED, label="Windows per batch",
-                      help="Encoder batch; halves by itself when the GPU runs out of memory.")
+                      help="Encoder batch; 0 = automatic (1024 windows on a GPU, 128 on a "
+                           "CPU, where small batches stay in cache and run about 1.5x "
+                           "faster). Halves by itself when the GPU runs out of memory.")
         self._defineDeviceParams(form)
         self._defineStreamingParams(form)
         form.getParam("streamingBatchSize").setDefault(16)
