@@ -29,14 +29,42 @@ def to_dict(config: Any) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
-def from_dict(cls: Type[T], values: dict) -> T:
-    """Build ``cls`` from ``values``; unknown keys are an error, lists become tuples."""
+def from_dict(cls: Type[T], values: dict, source: str = "") -> T:
+    """Build ``cls`` from ``values``; unknown keys and values of the wrong type are an error
+    (named with ``source``, e.g. the file they came from); lists become tuples."""
+    where = f"{source}: " if source else ""
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(names))
     if unknown:
-        raise InputError(f"Unknown parameter(s) {', '.join(unknown)} for {cls.__name__}.")
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        raise InputError(f"{where}Unknown parameter(s) {', '.join(unknown)} for "
+                         f"{cls.__name__}.")
+    kwargs = {k: _typed(cls, names[k], v, where) for k, v in values.items()}
     return cls(**kwargs)
+
+
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
+          tuple: "a list"}
+
+
+def _typed(cls: type, field: dataclasses.Field, value: Any, where: str) -> Any:
+    """``value`` as the type of the field's default: ints pass as floats, integral numbers
+    as ints, numbers as strings (a prior or threshold may be either), lists as tuples."""
+    kind = type(field.default)
+    if kind is tuple and isinstance(value, (list, tuple)):
+        return tuple(value)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is bool and isinstance(value, bool) or kind is str and isinstance(value, str):
+        return value
+    if kind is float and number:
+        return float(value)
+    if kind is int and number and float(value).is_integer():
+        return int(value)
+    if kind is str and number:
+        return str(value)
+    if kind not in _KINDS:
+        return value
+    raise InputError(f"{where}{field.name} of {cls.__name__} must be {_KINDS[kind]}, "
+                     f"not {value!r}.")
 
 
 def load_config(cls: Type[T], path: str | os.PathLike) -> T:
@@ -48,7 +76,7 @@ def load_config(cls: Type[T], path: str | os.PathLike) -> T:
         raise InputError(f"{path}: config file not found.") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}).") from None
-    return from_dict(cls, data.get("config", data))
+    return from_dict(cls, data.get("config", data), str(path))
 
 
 def write_run_record(out_dir: str | os.PathLike, command: str, config: Any,

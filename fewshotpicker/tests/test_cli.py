@@ -120,6 +120,11 @@ def test_bad_input_gives_one_sentence_and_exit_2(tmp_path, capsys):
     code, _, err = run(capsys, "simulate", "--out", str(tmp_path / "s"), "--config",
                        str(tmp_path / "run.json"))
     assert code == 2 and "Unknown parameter(s) colour" in err
+    (tmp_path / "run.json").write_text(json.dumps({"snr": "high"}))
+    code, _, err = run(capsys, "simulate", "--out", str(tmp_path / "s"), "--config",
+                       str(tmp_path / "run.json"))
+    assert code == 2 and err.strip().endswith(
+        "run.json: snr of MicrographSimConfig must be a number, not 'high'.")
 
 
 def test_demo_main_job_writes_picks_report_and_scores(tmp_path, capsys):
