@@ -99,22 +99,15 @@ def test_bad_input_gives_one_sentence_and_exit_2(tmp_path, capsys):
     code, _, err = run(capsys, "dog", "--micrographs", str(tmp_path / "stack.mrc"), "--out",
                        str(tmp_path / "p"))
     assert code == 2 and "--diameter, px) is required" in err
-    code, _, err = run(capsys, "pick", "--model", str(tmp_path), "--micrographs",
-                       str(tmp_path / "stack.mrc"), "--out", str(tmp_path / "q"),
-                       "--threshold", "median")
-    assert code == 2 and "Threshold 'median' is not" in err
-    code, _, err = run(capsys, "pick", "--model", str(tmp_path), "--micrographs",
-                       str(tmp_path / "stack.mrc"), "--out", str(tmp_path / "q"),
-                       "--coarse", "0")
-    assert code == 2 and err.strip().endswith("--coarse 0: must be 1 (every window) or more.")
-    code, _, err = run(capsys, "pick", "--model", str(tmp_path), "--micrographs",
-                       str(tmp_path / "stack.mrc"), "--out", str(tmp_path / "q"),
-                       "--batch-size", "-8")
-    assert code == 2 and "--batch-size -8: must be 0 (the device's default)" in err
-    code, _, err = run(capsys, "pick", "--model", str(tmp_path), "--micrographs",
-                       str(tmp_path / "stack.mrc"), "--out", str(tmp_path / "q"),
-                       "--shoulder-dip", "1.5")
-    assert code == 2 and "the dip a share of the peak's height in (0, 1]." in err
+    pick = ["pick", "--model", str(tmp_path), "--micrographs", str(tmp_path / "stack.mrc"),
+            "--out", str(tmp_path / "q")]
+    for flags, message in (
+            (["--threshold", "median"], "Threshold 'median' is not"),
+            (["--coarse", "0"], "--coarse 0: must be 1 (every window) or more."),
+            (["--batch-size", "-8"], "--batch-size -8: must be 0 (the device's default)"),
+            (["--shoulder-dip", "1.5"], "the dip a share of the peak's height in (0, 1].")):
+        code, _, err = run(capsys, *pick, *flags)
+        assert code == 2 and message in err, flags
     assert len(err.strip().splitlines()) == 1
     (tmp_path / "run.json").write_text(json.dumps({"snr": 0.1, "colour": "red"}))
     code, _, err = run(capsys, "simulate", "--out", str(tmp_path / "s"), "--config",
