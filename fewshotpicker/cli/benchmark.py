@@ -33,6 +33,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..errors import InputError
 from ..io.atomic import write_text_atomic
 from ..models.mae import MODEL_SIZES
 
@@ -103,8 +104,11 @@ def _command_speed(args, shape: tuple) -> list:
     work = Path(args.work) / "command_speed"
     mics = sorted((Path(args.real) / "mics_test").glob("*.mrc")) if args.real else \
         command_speed.noise_micrographs(work / "noise", 6, shape)
-    rows = command_speed.run(work, mics, args.box, args.model,
-                             args.device, Path(args.topaz_env), [int(c) for c in args.coarse.split(",")])
+    if not mics:
+        raise InputError(f"{Path(args.real) / 'mics_test'}: holds no .mrc micrographs to time "
+                         f"(--real names the EMPIAR-10028 folder).")
+    rows = command_speed.run(work, mics, args.box, args.model, args.device,
+                             Path(args.topaz_env), [int(c) for c in args.coarse.split(",")])
     print(f"\nwhole commands on {len(mics)} micrographs ({'real' if args.real else 'noise'}),"
           f" start-up included; ratio = ours / Topaz:")
     _print_rows(rows)

@@ -295,6 +295,15 @@ def test_command_speed_model_picks_and_the_per_micrograph_cost_is_the_difference
     assert np.isnan(cs.per_further(10.0, 10.0, 1))
 
 
+def test_command_speed_refuses_a_real_folder_without_micrographs(tmp_path, capsys):
+    code = main(["benchmark", "pick-speed", "--model", "micro", "--size", "64x64", "--box",
+                 "20", "--device", "cpu", "--repeats", "1", "--topaz-env", str(tmp_path / "tz"),
+                 "--real", str(tmp_path), "--work", str(tmp_path / "w")])
+    assert code == 2
+    assert "mics_test: holds no .mrc micrographs to time" in capsys.readouterr().err
+    assert not (tmp_path / "tz").exists()  # refused before installing Topaz
+
+
 def test_benchmark_folders_are_named_after_the_data_set_not_its_position():
     # a run with --sets 1 once reused the models of set 0 (folders were numbered by position)
     from pathlib import Path
