@@ -16,7 +16,7 @@ from fewshotpicker.data.synthetic import simulate_dataset
 from fewshotpicker.errors import InputError
 from fewshotpicker.io.coordinates import make_coordinates, read_coordinates
 from fewshotpicker.training.finetune import finetune
-from fewshotpicker.training.pretrain import pretrain
+from fewshotpicker.training.pretrain import ENOUGH_STEPS, pretrain, warn_if_short
 
 STEPS = 80
 
@@ -132,6 +132,29 @@ def test_from_scratch_warns_and_freezes_nothing(crowded, tmp_path, caplog):
         result = finetune(ft, mics[:1], read_coordinates(out / "exemplars.star"), tmp_path)
     assert "from scratch" in caplog.text and "first 0 of 2 encoder blocks frozen" in caplog.text
     assert result["bank"] == 4 * result["exemplars"] and result["steps"] == 2
+
+
+@pytest.mark.parametrize("freeze, frozen", [(None, 0), (-1, 1), (2, 2)])
+def test_fine_tuning_a_pretrained_model_freezes_nothing_unless_asked(crowded, tmp_path, caplog,
+                                                                    freeze, frozen):
+    out, meta, mics = crowded
+    extra = {} if freeze is None else {"freeze_blocks": freeze}
+    ft = TrainConfig(box=float(meta["box_px"]), pretrained=str(out / "pre"), steps=1,
+                     device="cpu", **extra)
+    with caplog.at_level("INFO", logger="fewshotpicker"):
+        finetune(ft, mics[:1], read_coordinates(out / "exemplars.star"), tmp_path)
+    assert f"first {frozen} of 2 encoder blocks frozen" in caplog.text
+
+
+def test_a_short_pretraining_is_warned_about_and_a_long_one_is_not(caplog):
+    cfg = PretrainConfig(epochs=20, batch_size=64)
+    with caplog.at_level("WARNING", logger="fewshotpicker"):
+        warn_if_short(120, 384, cfg)
+    assert "only 120 steps (384 regions, 20 epochs, batch 64)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fewshotpicker"):
+        warn_if_short(ENOUGH_STEPS, 384, cfg)
+    assert caplog.text == ""
 
 
 def test_cli_train_from_a_checkpoint_of_another_kind_is_refused(crowded, tmp_path, capsys):
