@@ -146,7 +146,7 @@ def run(work: Path, sets: List[str], real: Optional[Path], seeds: List[int],
     rows = []
     for ds in datasets(work, sets, real, st):
         base = run_folder(work, ds, "prune")
-        pretrained = ensure_pretrained(ds, base / "pretrain", st)
+        pretrained = ensure_pretrained(ds, base, st)
         lures_path = Path(ds.train[0]).parent.parent / "lures.star"
         lures = read_coordinates(lures_path) if lures_path.exists() else None
         for seed in seeds:
