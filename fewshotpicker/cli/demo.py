@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     mics = [out / "data" / name for name in sorted(meta["micrographs"])]
     box = float(meta["box_px"])
 
-    _stage(2, "pretraining a tiny MAE on unlabeled regions")
+    _stage(2, "pretraining a tiny MAE on unlabeled regions (briefly, to keep the demo quick)")
     pretrain(PretrainConfig(model="tiny", box=box, epochs=args.pretrain_epochs,
                             regions_per_micrograph=128, device=args.device, seed=args.seed),
              mics, out / "pretrain", progress)

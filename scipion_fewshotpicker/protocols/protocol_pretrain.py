@@ -35,8 +35,8 @@ class FewShotProtPretrain(EMProtocol, FewShotProtBase):
                       label="Epochs",
                       help="Passes over all regions. The steps are micrographs x regions per "
                            "micrograph x epochs / batch size; on real micrographs the tiny "
-                           "encoder kept improving up to about 3000 steps, and a run of fewer "
-                           "than 2000 says so in its log.")
+                           "encoder was weak after 400 steps and good after 3200, and a run "
+                           "of fewer than 1000 says so in its log.")
         form.addParam("regionsPerMicrograph", params.IntParam, default=32,
                       validators=[params.Positive], label="Regions per micrograph",
                       expertLevel=params.LEVEL_ADVANCED,
