@@ -1,10 +1,12 @@
 """MRC reading and writing: round trips, the origin convention, and clear errors."""
+import stat
+
 import mrcfile
 import numpy as np
 import pytest
 
 from fewshotpicker.errors import InputError
-from fewshotpicker.io.atomic import atomic_path
+from fewshotpicker.io.atomic import UMASK, atomic_path, write_text_atomic
 from fewshotpicker.io.mrc import open_volume, read_image, read_volume, write_mrc
 
 
@@ -97,3 +99,11 @@ def test_failed_write_leaves_old_file_and_no_temporary(tmp_path):
             raise RuntimeError("interrupted")
     assert read_image(path).data[0, 0] == 3.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.mrc"]
+
+
+def test_atomic_outputs_get_the_permissions_of_a_plain_write(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    written = write_text_atomic(tmp_path / "picks.star", "x")
+    assert stat.S_IMODE(written.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+    assert stat.S_IMODE(written.stat().st_mode) & stat.S_IRGRP or UMASK & stat.S_IRGRP
