@@ -41,8 +41,8 @@ def add_parser(sub) -> None:
     p.add_argument("--tau", type=float, help="floor of the SCS loss (default 0.02)")
     p.add_argument("--prior", type=float, help="PU class prior pi (default 0.018; 0 = plain)")
     p.add_argument("--mask-ratio", type=float, help="fraction of patches hidden (default 0.75)")
-    p.add_argument("--freeze-blocks", type=int, help="encoder blocks kept frozen (default 0; "
-                                                     "-1 = half, as in the paper)")
+    p.add_argument("--freeze-blocks", type=int, help="encoder blocks kept frozen (default -1 "
+                                                     "= half, as in the paper; 0 = none)")
     p.add_argument("--scs-features", choices=["unmasked", "masked"],
                    help="features the SCS loss compares (default unmasked, as in picking)")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")

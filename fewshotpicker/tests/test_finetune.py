@@ -134,8 +134,8 @@ def test_from_scratch_warns_and_freezes_nothing(crowded, tmp_path, caplog):
     assert result["bank"] == 4 * result["exemplars"] and result["steps"] == 2
 
 
-@pytest.mark.parametrize("freeze, frozen", [(None, 0), (-1, 1), (2, 2)])
-def test_fine_tuning_a_pretrained_model_freezes_nothing_unless_asked(crowded, tmp_path, caplog,
+@pytest.mark.parametrize("freeze, frozen", [(None, 1), (0, 0), (2, 2)])
+def test_fine_tuning_a_pretrained_model_freezes_half_unless_told_otherwise(crowded, tmp_path, caplog,
                                                                     freeze, frozen):
     out, meta, mics = crowded
     extra = {} if freeze is None else {"freeze_blocks": freeze}
