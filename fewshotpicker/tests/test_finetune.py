@@ -135,8 +135,8 @@ def test_from_scratch_warns_and_freezes_nothing(crowded, tmp_path, caplog):
 
 
 @pytest.mark.parametrize("freeze, frozen", [(None, 1), (0, 0), (2, 2)])
-def test_fine_tuning_a_pretrained_model_freezes_half_unless_told_otherwise(crowded, tmp_path, caplog,
-                                                                    freeze, frozen):
+def test_fine_tuning_a_pretrained_model_freezes_half_unless_told_otherwise(
+        crowded, tmp_path, caplog, freeze, frozen):
     out, meta, mics = crowded
     extra = {} if freeze is None else {"freeze_blocks": freeze}
     ft = TrainConfig(box=float(meta["box_px"]), pretrained=str(out / "pre"), steps=1,

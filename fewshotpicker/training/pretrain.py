@@ -19,7 +19,8 @@ from .loop import inputs_fingerprint, step_generator, train
 
 log = logging.getLogger("fewshotpicker")
 # below this many steps the tiny encoder may be weak: on EMPIAR-10028, 400 steps gave F1
-# 0.72-0.83 depending on the exemplars drawn, 3200 steps 0.84-0.85 (1280 sufficed on simulated sets)
+# 0.72-0.83 depending on the exemplars drawn, 3200 steps 0.84-0.85 (1280 sufficed on
+# simulated sets)
 ENOUGH_STEPS = 1000
 
 
