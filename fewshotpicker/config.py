@@ -197,7 +197,7 @@ class TrainConfig:
     Half of the encoder stays frozen, as in the paper, which needs a long enough
     pretraining: on EMPIAR-10028, after 400 pretraining steps one draw of
     exemplars gave F1 0.718 frozen and 0.812 unfrozen, after 3200 steps 0.845
-    both ways; on the tests' easy micro set, unfrozen fell from AUROC 0.94 to 0.67.
+    both ways; on the tests' easy micro set, unfrozen fell from AUROC 0.94 to 0.65-0.69.
     """
     box: float = 0.0                  # particle box in micrograph px (required)
     model: str = "tiny"               # used only without --pretrained
