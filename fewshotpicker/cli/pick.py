@@ -34,7 +34,8 @@ def add_parser(sub) -> None:
     p.add_argument("--coarse", type=int,
                    help="the fast setting: 2 scores every 2nd window in each direction first "
                         "and the skipped ones only around that map's peaks and highest scores "
-                        "(about 55%% of the windows); 1 scores every window (default)")
+                        "(about 55%% of the windows); 1 scores every window (default); 3 or more "
+                        "misses the narrow score peaks (F1 0.76 against 0.85 on EMPIAR-10028)")
     p.add_argument("--min-distance", type=float, help="px between picks (default box / 2)")
     p.add_argument("--shoulder-reach", type=float,
                    help="boxes: a peak on the flank of a higher peak this near is dropped "
@@ -73,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
     choose_cutoff(np.empty(0), cfg.threshold)  # refuses an unknown rule before any work
     if cfg.coarse < 1:
         raise InputError(f"--coarse {cfg.coarse}: must be 1 (every window) or more.")
+    if cfg.coarse > 2:
+        log.warning("--coarse %d: a grid that coarse misses the narrow score peaks (on "
+                    "EMPIAR-10028 F1 0.76 at 3 against 0.85 at 2); 1 or 2 is advised.",
+                    cfg.coarse)
     if cfg.batch_size < 0:
         raise InputError(f"--batch-size {cfg.batch_size}: must be 0 (the device's default) or "
                          f"more windows.")

@@ -109,6 +109,8 @@ def test_bad_input_gives_one_sentence_and_exit_2(tmp_path, capsys):
         code, _, err = run(capsys, *pick, *flags)
         assert code == 2 and message in err, flags
     assert len(err.strip().splitlines()) == 1
+    code, _, err = run(capsys, *pick, "--coarse", "3")
+    assert code == 2 and "--coarse 3: a grid that coarse misses the narrow score peaks" in err
     (tmp_path / "run.json").write_text(json.dumps({"snr": 0.1, "colour": "red"}))
     code, _, err = run(capsys, "simulate", "--out", str(tmp_path / "s"), "--config",
                        str(tmp_path / "run.json"))
