@@ -224,6 +224,7 @@ class TrainConfig:
     augment: bool = True              # each step: exact views (90-degree turns, flips, shifts)
     max_shift: int = 2                # px of the model input, for augmented exemplars
     freeze_blocks: int = -1           # frozen encoder blocks; -1 = half when pretrained (paper)
+    student_steps: int = 300          # training steps of the dense student (pick --student); 0 = none
     highpass: float = 4.0
     lowpass: float = 0.03
     checkpoint_every: int = 100
@@ -238,6 +239,7 @@ class PickConfig:
     model: str = ""                   # folder or model.pt of a 'train' run
     stride: float = 0.0               # px between windows (0 = box / 5, the paper's 28 for ~150)
     coarse: int = 1                   # 2 = fast: every 2nd window first, the rest only near its peaks
+    student: float = 0.0              # > 0: the student cascade, re-scoring this share of its peaks
     min_distance: float = 0.0         # px between picks (0 = the particle radius, box / 2)
     shoulder_reach: float = 1.5       # boxes: drop a peak on the flank of a higher one this near (0 = off)
     shoulder_dip: float = 0.4         # ... unless the score falls by this share of its height between them

@@ -28,6 +28,7 @@ from ..io.atomic import write_text_atomic
 from ..io.checkpoint import MODEL_FILE, save_checkpoint
 from ..io.mrc import write_mrc
 from ..models.mae import build_mae
+from ..models.student import ScoreStudent, student_payload
 from ..training.common import model_payload
 from . import topaz_peer
 from .picking import _engine, run_measured
@@ -36,13 +37,16 @@ TOPAZ_MODEL = "resnet8_u32"
 
 
 def random_picking_model(out: Path, model_size: str, box: float, bank_size: int = 60) -> Path:
-    """A ``train``-style model folder with random weights and a random bank (seed 0)."""
+    """A ``train``-style model folder with random weights, a random bank and a random
+    student (seed 0)."""
     torch.manual_seed(0)
     model = build_mae(model_size)
     bank = F.normalize(torch.randn(bank_size, model.cfg.embed_dim), dim=1)
     pre = Preprocess(box=box, img_size=model.cfg.img_size)
     save_checkpoint(out / MODEL_FILE, model_payload(model, "finetuned", pre, {},
-                                                    bank=bank, n_exemplars=bank_size // 4))
+                                                    bank=bank, n_exemplars=bank_size // 4,
+                                                    student=student_payload(ScoreStudent(), 0,
+                                                                            float("nan"))))
     return out
 
 
@@ -60,13 +64,13 @@ def noise_micrographs(out: Path, n: int, shape: tuple) -> List[Path]:
 
 
 def time_ours(model: Path, micrographs: List[Path], out: Path, device: str,
-              coarse: int) -> float:
-    """Wall seconds of one ``fewshotpicker pick`` command on ``micrographs`` (into a fresh
-    ``out``, so nothing is skipped as already picked)."""
+              setting: List[str]) -> float:
+    """Wall seconds of one ``fewshotpicker pick`` command with the ``setting`` flags on
+    ``micrographs`` (into a fresh ``out``, so nothing is skipped as already picked)."""
     shutil.rmtree(out, ignore_errors=True)
     seconds, _ = run_measured(_engine("pick", "--model", str(model), "--micrographs",
                                       *map(str, micrographs), "--out", str(out), "--device",
-                                      device, "--coarse", str(coarse)),
+                                      device, *setting),
                               out.parent / "commands.log")
     return seconds
 
@@ -99,9 +103,10 @@ def per_further(one: float, many: float, n: int) -> float:
 
 
 def run(work: Path, micrographs: List[Path], box: float, model_size: str, device: str,
-        topaz_env: Path, coarse: List[int]) -> List[dict]:
-    """Rows for our command at each ``coarse`` and for Topaz: seconds on one micrograph,
-    on all, per further one, and the ratio of ours to Topaz on each."""
+        topaz_env: Path, coarse: List[int], student: float = 0.0) -> List[dict]:
+    """Rows for our command at each ``coarse`` (and with ``--student`` when > 0) and for
+    Topaz: seconds on one micrograph, on all, per further one, and the ratio of ours to
+    Topaz on each."""
     work.mkdir(parents=True, exist_ok=True)
     n = len(micrographs)
     model = random_picking_model(work / "model", model_size, box)
@@ -117,11 +122,14 @@ def run(work: Path, micrographs: List[Path], box: float, model_size: str, device
              "s_one_mic": topaz[0], f"s_{n}_mics": topaz[1],
              "s_per_further_mic": per_further(*topaz, n), "ratio_one": 1.0,
              "ratio_further": 1.0, "preprocess_s": prep}]
-    for c in coarse:
-        ours = [time_ours(model, micrographs[:k], work / f"pick_c{c}_{k}", device, c)
+    settings = [["--coarse", str(c)] for c in coarse] + \
+        ([["--student", str(student)]] if student > 0 else [])
+    for setting in settings:
+        tag = "".join(setting).replace("--", "_")
+        ours = [time_ours(model, micrographs[:k], work / f"pick{tag}_{k}", device, setting)
                 for k in (1, n)]
         further = per_further(*ours, n)
-        rows.append({"command": f"fewshotpicker pick ({model_size}, --coarse {c})",
+        rows.append({"command": f"fewshotpicker pick ({model_size}, {' '.join(setting)})",
                      "s_one_mic": ours[0], f"s_{n}_mics": ours[1],
                      "s_per_further_mic": further, "ratio_one": ours[0] / topaz[0],
                      "ratio_further": further / rows[0]["s_per_further_mic"],

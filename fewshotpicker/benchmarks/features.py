@@ -152,7 +152,7 @@ def run(datasets: List[Dataset], variants: Dict[str, dict], out: Path, device: s
             if lowpass != pcfg.lowpass:
                 pretrain(replace(pcfg, lowpass=lowpass), ds.train + ds.test, pre_dir)
             cfg = TrainConfig(box=ds.box, pretrained=str(pre_dir), steps=steps, device=device,
-                              **overrides)
+                              **{"student_steps": 0, **overrides})
             finetune(cfg, ds.train, ds.exemplars, base / name)
             rows.append({"dataset": ds.name, "variant": name, **model_auroc(base / name, ds),
                          "seconds": round(time.perf_counter() - start, 1)})

@@ -19,9 +19,10 @@ from ..config import PickConfig
 from ..data.regions import Preprocess
 from ..device import resolve_device
 from ..models.mae import build_mae
-from ..picking.picker import default_stride, find_candidates
+from ..models.student import ScoreStudent
+from ..picking.picker import default_stride, pick_micrograph
 from ..picking.run import window_batch
-from ..picking.scoring import Bank, score_micrograph
+from ..picking.scoring import Bank
 
 # dense bf16 tensor-core peaks in TFLOP/s (vendor figures, no sparsity)
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0,
@@ -51,12 +52,15 @@ def device_peak_tflops(device: torch.device) -> Optional[float]:
 
 def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: float = 180.0,
                  stride: float = 0.0, device: str = "auto", batch: int = 0, repeats: int = 3,
-                 compile: bool = False, bank_size: int = 60, coarse: int = 1) -> dict:
+                 compile: bool = False, bank_size: int = 60, coarse: int = 1,
+                 student: float = 0.0) -> dict:
     """Median seconds of picking one ``size`` micrograph, with the derived rates.
 
     coarse: 1 scores every window; 2 is the fast setting (``pick --coarse 2``).
-    With random weights the share of windows it scores is only indicative; the
-    picking benchmark reports the share on real score maps.
+    student: > 0 times the student cascade instead (``pick --student``), the
+    encoder re-scoring that share of the student's peaks. With random weights
+    the share of windows either scores is only indicative; the picking
+    benchmark reports the share on real score maps.
     """
     dev = resolve_device(device)
     batch = window_batch(batch, dev)
@@ -69,16 +73,17 @@ def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: floa
                 torch.zeros(model.cfg.embed_dim, device=dev))
     image = np.random.default_rng(0).normal(size=size).astype(np.float32)
     stride = stride or default_stride(box)
-    cfg = PickConfig(stride=stride, coarse=coarse)
+    cfg = PickConfig(stride=stride, coarse=coarse, student=student)
+    net = ScoreStudent().to(dev).eval() if student > 0 else None
 
     def once() -> tuple:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         start = time.perf_counter()
-        smap = score_micrograph(model, bank, image, pre, stride, dev, batch, coarse=coarse)
-        cands = find_candidates(smap, image.shape, box, cfg)
+        cands = pick_micrograph(model, bank, image, pre, cfg, dev, batch, net)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
+        smap = cands.score_map
         return (time.perf_counter() - start, int(round(smap.scores.size * smap.scored)),
                 len(cands.scores))
 
@@ -93,7 +98,8 @@ def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: floa
     return {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
             f"cpu ({torch.get_num_threads()} threads)",
             "model": model_size, "micrograph": f"{size[1]}x{size[0]}", "box": box,
-            "stride": round(stride, 2), "coarse": coarse, "batch": batch, "windows": windows,
+            "stride": round(stride, 2), "coarse": coarse, "student": student, "batch": batch,
+            "windows": windows,
             "s_per_mic": seconds,
             "windows_per_s": windows / seconds, "tflops": tflops,
             "peak_fraction": tflops / peak if peak else None,

@@ -68,6 +68,7 @@ class BenchSettings:
     train_steps: int = 300
     device: str = "cpu"
     fast: bool = True             # also our fast setting (pick --coarse 2), same model
+    student: float = 0.4          # also the student cascade (pick --student 0.4); 0 = not
     topaz: topaz_peer.TopazSettings = topaz_peer.TopazSettings()
 
 
@@ -114,12 +115,15 @@ def _engine(*args: str) -> List[str]:
     return [sys.executable, "-m", "fewshotpicker.cli.main", *args]
 
 
-def pick_fewshot(model: Path, ds: Dataset, out: Path, device: str, coarse: int = 1) -> dict:
+def pick_fewshot(model: Path, ds: Dataset, out: Path, device: str, coarse: int = 1,
+                 student: float = 0.0) -> dict:
     """Our picker on the test micrographs: kept picks, all candidates, time, memory, and
-    the share of windows scored (below 1 in the fast setting, ``coarse`` 2)."""
+    the share of windows scored (below 1 in the fast settings, ``coarse`` 2 or a
+    ``student`` share)."""
     seconds, rss = run_measured(_engine("pick", "--model", str(model), "--micrographs",
                                         *map(str, ds.test), "--out", str(out), "--device",
-                                        device, "--candidates", "--coarse", str(coarse)),
+                                        device, "--candidates", "--coarse", str(coarse),
+                                        "--student", str(student)),
                                 out.parent / "commands.log")
     summary = json.loads((out / "summary.json").read_text())
     shares = [json.loads(p.read_text())["windows_scored"]
@@ -211,6 +215,9 @@ def run_seed(ds: Dataset, seed: int, base: Path, pretrained: Path, st: BenchSett
     results = {"fewshot (ours)": pick_fewshot(out / "train", ds, out / "fewshot", st.device)}
     if st.fast:
         results[FAST] = pick_fewshot(out / "train", ds, out / "fewshot_fast", st.device, coarse=2)
+    if st.student > 0:
+        results[f"fewshot student (--student {st.student:g})"] = pick_fewshot(
+            out / "train", ds, out / "fewshot_student", st.device, student=st.student)
     results["DoG"] = pick_dog(ds, out / "dog")
     if topaz_exe is not None:
         results["Topaz"] = pick_topaz(topaz_exe, ds, exemplars, out / "topaz", st.topaz)

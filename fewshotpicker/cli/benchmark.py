@@ -85,6 +85,9 @@ def add_parser(sub) -> None:
     p.add_argument("--repeats", type=int, default=3, help="pick-speed: timed runs")
     p.add_argument("--coarse", default="1", help="pick-speed: 1 (every window), 2 (the fast "
                                                   "setting) or both as 1,2")
+    p.add_argument("--student", type=float, default=0.4,
+                   help="pick-speed: also time the student cascade (pick --student), the encoder "
+                        "re-scoring this share of the student's peaks; 0 = leave it out")
     p.add_argument("--fractions", default="0.01,0.05,0.2", help="tomo: labelled fractions")
     p.add_argument("--snr", type=float, default=0.1, help="tomo: simulated SNR")
     p.add_argument("--tomograms", type=int, default=2, help="tomo: simulated tomograms")
@@ -108,7 +111,8 @@ def _command_speed(args, shape: tuple) -> list:
         raise InputError(f"{Path(args.real) / 'mics_test'}: holds no .mrc micrographs to time "
                          f"(--real names the EMPIAR-10028 folder).")
     rows = command_speed.run(work, mics, args.box, args.model, args.device,
-                             Path(args.topaz_env), [int(c) for c in args.coarse.split(",")])
+                             Path(args.topaz_env), [int(c) for c in args.coarse.split(",")],
+                             args.student)
     print(f"\nwhole commands on {len(mics)} micrographs ({'real' if args.real else 'noise'}),"
           f" start-up included; ratio = ours / Topaz:")
     _print_rows(rows)
@@ -157,10 +161,11 @@ def run(args: argparse.Namespace) -> int:
     elif args.target == "pick-speed":
         from ..benchmarks import pick_speed
         w, h = (int(v) for v in args.size.lower().split("x"))
+        settings = [{"coarse": int(c)} for c in args.coarse.split(",")] + \
+            ([{"student": args.student}] if args.student > 0 else [])
         result = [pick_speed.time_picking(args.model, (h, w), args.box, args.stride, args.device,
-                                          args.batch or 0, args.repeats,
-                                          args.compile,
-                                          coarse=int(c)) for c in args.coarse.split(",")]
+                                          args.batch or 0, args.repeats, args.compile, **kw)
+                  for kw in settings]
         _print_rows(result)
         if args.topaz_env:
             result = {"in_process": result, "commands": _command_speed(args, (h, w))}

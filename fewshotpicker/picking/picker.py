@@ -7,6 +7,7 @@ import numpy as np
 
 from ..config import PickConfig
 from ..data.regions import Preprocess
+from .cascade import pick_with_student
 from .peaks import find_peaks, suppress_shoulders
 from .scoring import ScoreMap, score_micrograph
 from .threshold import choose_cutoff
@@ -56,12 +57,21 @@ def find_candidates(score_map: ScoreMap, shape: tuple, box: float, cfg: PickConf
 
 
 def pick_micrograph(model, bank, image: np.ndarray, pre: Preprocess, cfg: PickConfig,
-                    device, batch: int) -> Candidates:
-    """Score, find peaks and apply the per-micrograph cutoff (global rules come later)."""
+                    device, batch: int, student=None) -> Candidates:
+    """Score, find peaks and apply the per-micrograph cutoff (global rules come later).
+
+    With a ``student`` (and ``cfg.student`` > 0) the student cascade replaces the
+    encoder's full score map (:func:`~fewshotpicker.picking.cascade.pick_with_student`).
+    """
     stride = cfg.stride or default_stride(pre.box)
-    score_map = score_micrograph(model, bank, image, pre, stride, device, batch,
-                                 cfg.precision, cfg.coarse)
-    cands = find_candidates(score_map, image.shape, pre.box, cfg)
+    if student is not None and cfg.student > 0:
+        cands = pick_with_student(model, student, bank, image, pre, stride, cfg.student, device,
+                                  batch, lambda m: find_candidates(m, image.shape, pre.box, cfg),
+                                  cfg.precision)
+    else:
+        score_map = score_micrograph(model, bank, image, pre, stride, device, batch,
+                                     cfg.precision, cfg.coarse)
+        cands = find_candidates(score_map, image.shape, pre.box, cfg)
     if cfg.threshold != "quantile":
         cands.cutoff = choose_cutoff(cands.scores, cfg.threshold, cfg.k)
     return cands

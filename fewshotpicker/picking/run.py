@@ -28,6 +28,7 @@ from ..io.coordinates import (empty_coordinates, make_coordinates, micrograph_ke
                               write_coordinate_table)
 from ..io.mrc import read_image
 from ..training.common import load_mae
+from .cascade import load_student
 from .picker import Candidates, pick_micrograph
 from .plots import plot_picks, plot_score_histogram
 from .scoring import Bank
@@ -35,11 +36,12 @@ from .scoring import Bank
 log = logging.getLogger("fewshotpicker")
 
 
-def pick_with_retry(model, bank, image, pre, cfg: PickConfig, device, batch: int) -> tuple:
+def pick_with_retry(model, bank, image, pre, cfg: PickConfig, device, batch: int,
+                    student=None) -> tuple:
     """Pick one micrograph, halving the batch on CUDA out-of-memory; returns (cands, batch)."""
     while True:
         try:
-            return pick_micrograph(model, bank, image, pre, cfg, device, batch), batch
+            return pick_micrograph(model, bank, image, pre, cfg, device, batch, student), batch
         except torch.cuda.OutOfMemoryError:
             if batch <= 1:
                 raise
@@ -68,12 +70,13 @@ def _worker(model_path: str, device: torch.device, paths: List[Path], cfg: PickC
     model, payload = load_mae(model_path, device, kinds=["finetuned"])
     pre = Preprocess(**payload["preprocess"])
     bank = Bank.from_payload(payload, device)
+    student = load_student(payload, device, model_path) if cfg.student > 0 else None
     batch = window_batch(cfg.batch_size, device)
     for path in paths:
         try:
             start = time.perf_counter()
             image = read_image(path).data
-            cands, batch = pick_with_retry(model, bank, image, pre, cfg, device, batch)
+            cands, batch = pick_with_retry(model, bank, image, pre, cfg, device, batch, student)
             cands.seconds = time.perf_counter() - start
             results[str(path)] = cands
         except (InputError, RuntimeError, ValueError) as exc:

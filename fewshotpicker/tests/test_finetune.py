@@ -56,7 +56,7 @@ def held_out_auroc(model_dir, crowded) -> tuple:
 @pytest.fixture(scope="module")
 def trained(crowded, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("ft")
-    return out_dir, _train(crowded, out_dir)
+    return out_dir, _train(crowded, out_dir, student_steps=40)
 
 
 def test_auroc_hand_values():
@@ -75,6 +75,8 @@ def test_finetune_writes_model_bank_curves(trained):
     assert len(history) == STEPS and {"mse", "scs", "s_self", "s_cross"} <= set(history[0])
     assert (out_dir / "losses.png").stat().st_size > 10000
     assert np.mean([h["scs"] for h in history[-10:]]) < np.mean([h["scs"] for h in history[:10]])
+    student = payload["student"]                     # the dense student for pick --student
+    assert student["steps"] == 40 and np.isfinite(student["loss"]) and student["width"] == 64
 
 
 def test_exemplar_features_stand_apart_from_background_on_unseen_micrograph(trained, crowded):
@@ -85,8 +87,8 @@ def test_exemplar_features_stand_apart_from_background_on_unseen_micrograph(trai
 
 
 def test_pu_adjusted_loss_is_not_worse_than_plain(crowded, tmp_path):
-    _train(crowded, tmp_path / "plain", prior=0.0)
-    _train(crowded, tmp_path / "pu", prior=0.1)
+    _train(crowded, tmp_path / "plain", prior=0.0, student_steps=0)
+    _train(crowded, tmp_path / "pu", prior=0.1, student_steps=0)
     plain, _ = held_out_auroc(tmp_path / "plain", crowded)
     pu, _ = held_out_auroc(tmp_path / "pu", crowded)
     assert pu >= plain - 0.01, (pu, plain)
@@ -105,7 +107,8 @@ def test_too_few_exemplars_and_exemplars_outside(crowded, tmp_path):
 
 def test_a_checkpoint_made_on_other_exemplars_is_not_resumed(crowded, tmp_path):
     out, meta, mics = crowded
-    cfg = TrainConfig(box=float(meta["box_px"]), model="micro", steps=2, device="cpu")
+    cfg = TrainConfig(box=float(meta["box_px"]), model="micro", steps=2, device="cpu",
+                      student_steps=0)
     exemplars = read_coordinates(out / "exemplars.star")
     finetune(cfg, mics[:1], exemplars, tmp_path)
     finetune(cfg, mics[:1], exemplars.iloc[::-1], tmp_path)  # same exemplars: resumes
@@ -127,7 +130,8 @@ def test_pretraining_learns_to_reconstruct(crowded):
 
 def test_from_scratch_warns_and_freezes_nothing(crowded, tmp_path, caplog):
     out, meta, mics = crowded
-    ft = TrainConfig(box=float(meta["box_px"]), model="micro", steps=2, device="cpu")
+    ft = TrainConfig(box=float(meta["box_px"]), model="micro", steps=2, device="cpu",
+                     student_steps=0)
     with caplog.at_level("INFO", logger="fewshotpicker"):
         result = finetune(ft, mics[:1], read_coordinates(out / "exemplars.star"), tmp_path)
     assert "from scratch" in caplog.text and "first 0 of 2 encoder blocks frozen" in caplog.text
@@ -140,7 +144,7 @@ def test_fine_tuning_a_pretrained_model_freezes_half_unless_told_otherwise(
     out, meta, mics = crowded
     extra = {} if freeze is None else {"freeze_blocks": freeze}
     ft = TrainConfig(box=float(meta["box_px"]), pretrained=str(out / "pre"), steps=1,
-                     device="cpu", **extra)
+                     device="cpu", student_steps=0, **extra)
     with caplog.at_level("INFO", logger="fewshotpicker"):
         finetune(ft, mics[:1], read_coordinates(out / "exemplars.star"), tmp_path)
     assert f"first {frozen} of 2 encoder blocks frozen" in caplog.text

@@ -129,7 +129,7 @@ def random_model(tmp_path):
 def test_out_of_memory_halves_the_batch_and_retries(monkeypatch, random_model):
     calls = []
 
-    def fake_pick(model, bank, image, pre, cfg, device, batch):
+    def fake_pick(model, bank, image, pre, cfg, device, batch, student=None):
         calls.append(batch)
         if batch > 64:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
@@ -279,6 +279,10 @@ def test_pick_speed_counts_the_windows_each_setting_scores():
     assert full["windows"] == 22 * 29 and full["coarse"] == 1 and full["batch"] == 128
     assert fast["coarse"] == 2 and 11 * 15 <= fast["windows"] < full["windows"]
     assert full["s_per_mic"] > 0 and full["windows_per_s"] > 0
+    cascade = time_picking("micro", (120, 150), box=24.0, device="cpu", repeats=1, student=0.4)
+    # the encoder re-scores the best 40% of the random student's peaks, nothing else
+    assert cascade["student"] == 0.4 and cascade["candidates"] > 0
+    assert 0.4 * cascade["candidates"] <= cascade["windows"] <= 0.4 * cascade["candidates"] + 2
 
 
 def test_command_speed_model_picks_and_the_per_micrograph_cost_is_the_difference(tmp_path):
@@ -290,6 +294,10 @@ def test_command_speed_model_picks_and_the_per_micrograph_cost_is_the_difference
                  str(tmp_path / "picks"), "--device", "cpu"]) == 0
     summary = json.loads((tmp_path / "picks" / "summary.json").read_text())
     assert len(summary["micrographs"]) == 2 and summary["failed"] == {}
+    assert main(["pick", "--model", str(model), "--micrographs", *map(str, mics), "--out",
+                 str(tmp_path / "cascade"), "--device", "cpu", "--student", "0.4"]) == 0
+    record = json.loads((tmp_path / "cascade" / "thresholds" / "noise_000.json").read_text())
+    assert 0 < record["windows_scored"] < 0.5 and record["candidates"] > 0
     # 10 s for one micrograph, 16 s for four: 2 s per further micrograph
     assert cs.per_further(10.0, 16.0, 4) == 2.0
     assert np.isnan(cs.per_further(10.0, 10.0, 1))

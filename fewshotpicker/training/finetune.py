@@ -30,7 +30,11 @@ from ..io.coordinates import match_micrographs
 from ..io.mrc import read_image
 from ..losses import masked_mse, scs_loss
 from ..models.mae import MaskedAutoencoder, build_mae
+from ..picking.picker import default_stride
+from ..picking.run import window_batch
+from ..picking.scoring import Bank
 from .common import load_mae, loop_settings, model_payload
+from .distil import distil
 from .loop import coordinate_items, inputs_fingerprint, step_generator, train
 
 log = logging.getLogger("fewshotpicker")
@@ -184,6 +188,20 @@ def separation(bank: torch.Tensor, background: torch.Tensor,
     return {"cos_exemplars": same, "cos_exemplar_unlabeled": cross, "cos_gap": same - cross}
 
 
+def distil_student(model, bank: torch.Tensor, centre: torch.Tensor, micrographs: List[Path],
+                   pre: Preprocess, cfg: TrainConfig, device: torch.device,
+                   progress: Optional[Callable] = None) -> Optional[dict]:
+    """The dense student of the fine-tuned model (``None`` with ``student_steps`` 0)."""
+    if cfg.student_steps <= 0:
+        return None
+    scorer = Bank.from_payload({"bank": bank, "centre": centre}, device)
+    images = [read_image(m).data for m in micrographs]
+    return distil(model, scorer, images, pre, default_stride(pre.box), cfg.student_steps,
+                  cfg.seed, device, window_batch(0, device),
+                  (lambda it, desc, total: progress(it, desc=desc, total=total))
+                  if progress else None)
+
+
 def finetune(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame, out_dir: Path,
              source: str = "exemplars", progress: Optional[Callable] = None) -> dict:
     """Fine-tune on exemplars; writes ``model.pt`` (with the feature bank) and curves."""
@@ -222,8 +240,10 @@ def finetune(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame,
     background = embed_regions(model, pool, device)
     centre = background.mean(dim=0) if cfg.centre_features else torch.zeros(bank.shape[1])
     stats = separation(bank, background, centre)
+    student = distil_student(model, bank, centre, micrographs, pre, cfg, device, progress)
     save_checkpoint(out_dir / MODEL_FILE, model_payload(model, "finetuned", pre, to_dict(cfg),
                                                         bank=bank, centre=centre,
-                                                        n_exemplars=len(exemplars)))
+                                                        n_exemplars=len(exemplars),
+                                                        student=student))
     return {"steps": cfg.steps, "exemplars": int(len(exemplars)), "bank": int(len(bank)),
             "final_loss": history[-1]["loss"], "device": str(device), **stats}

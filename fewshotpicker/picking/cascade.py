@@ -1,0 +1,85 @@
+"""The student cascade: a dense student proposes, the encoder re-scores the best proposals.
+
+The student (:mod:`fewshotpicker.models.student`) predicts the score map of a
+whole micrograph in one convolutional pass; its peaks (the same peak rules as
+the encoder's map) are the candidates. The encoder then scores the windows of
+the best ``share`` of them by the student's score, and those candidates take
+the encoder's score; the others keep the student's, capped below the lowest
+re-scored one, so that only re-scored candidates can pass the cutoff but the
+automatic cutoff still sees the background. Picks are thus judged by the
+encoder, as when every window is scored, at a fraction of the passes.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..data.regions import Preprocess, crop_windows, prepare_micrograph
+from ..errors import InputError
+from ..models.student import ScoreStudent, pad_to_stride, sample_at
+from .scoring import Bank, ScoreMap, score_windows
+
+
+def load_student(payload: dict, device: torch.device, source: str) -> ScoreStudent:
+    """The student stored in a ``train`` model; one sentence if there is none."""
+    entry = payload.get("student")
+    if not entry:
+        raise InputError(f"{source}: this model holds no student (it was trained with "
+                         f"--student-steps 0 or by an older version); pick without --student "
+                         f"or train again.")
+    student = ScoreStudent(entry["width"])
+    student.load_state_dict(entry["state_dict"])
+    return student.to(device).eval()
+
+
+@torch.no_grad()
+def student_map(student: ScoreStudent, prepared: torch.Tensor, size: int, step: int,
+                scale: float) -> ScoreMap:
+    """The student's scores on the window grid of ``prepared`` ``(h', w')`` (the grid the
+    encoder would score: windows of ``size`` every ``step`` prepared px)."""
+    h, w = prepared.shape
+    gy, gx = (h - size) // step + 1, (w - size) // step + 1
+    if gy < 1 or gx < 1:
+        raise InputError(f"the micrograph ({h} x {w} px after rescaling) is smaller than one "
+                         f"model window ({size} px).")
+    padded = pad_to_stride(prepared)
+    jj, ii = torch.meshgrid(torch.arange(gx), torch.arange(gy), indexing="xy")
+    xy = torch.stack([size / 2.0 + jj * step, size / 2.0 + ii * step], -1).reshape(-1, 2)
+    scores = sample_at(student(padded), xy.to(prepared.device).float(), padded.shape[-2:])
+    return ScoreMap(scores.reshape(gy, gx).float().cpu().numpy(), step, size / 2.0, scale,
+                    scored=0.0)
+
+
+@torch.no_grad()
+def rescore_best(model, bank: Bank, prepared: torch.Tensor, xy: np.ndarray,
+                 scores: np.ndarray, share: float, scale: float, size: int, batch: int,
+                 precision: str = "auto") -> tuple:
+    """Encoder scores for the best ``share`` of candidates ``xy`` ``(n, 2)`` (micrograph px)
+    by their student ``scores`` ``(n,)``; the others keep theirs, capped below the lowest
+    re-scored one. Returns ``(scores (n,), number re-scored)``."""
+    if len(scores) == 0:
+        return scores, 0
+    best = scores >= np.quantile(scores, 1.0 - share)
+    centres = torch.as_tensor(xy[best] * scale, dtype=torch.float32, device=prepared.device)
+    windows = crop_windows(prepared, centres, size)[:, 0]
+    encoder = torch.cat([score_windows(model, windows[i:i + batch], bank, precision)
+                         for i in range(0, len(windows), batch)]).cpu().numpy()
+    out = np.minimum(scores, encoder.min()).astype(float)
+    out[best] = encoder
+    return out, int(best.sum())
+
+
+def pick_with_student(model, student: ScoreStudent, bank: Bank, image: np.ndarray,
+                      pre: Preprocess, stride_px: float, share: float, device: torch.device,
+                      batch: int, find_candidates, precision: str = "auto"):
+    """Candidates of one micrograph ``(h, w)`` by the cascade (see module docstring);
+    ``find_candidates(score_map)`` applies the peak rules. Returns the candidates with
+    ``score_map.scored`` = re-scored windows / grid windows."""
+    prepared = prepare_micrograph(image, pre, device)
+    step = max(1, int(round(stride_px * pre.scale)))
+    smap = student_map(student, prepared, pre.img_size, step, pre.scale)
+    cands = find_candidates(smap)
+    cands.scores, n = rescore_best(model, bank, prepared, cands.xy, cands.scores, share,
+                                   pre.scale, pre.img_size, batch, precision)
+    smap.scored = n / smap.scores.size
+    return cands
