@@ -50,36 +50,69 @@ def student_map(student: ScoreStudent, prepared: torch.Tensor, size: int, step: 
                     scored=0.0)
 
 
+# when the last re-scored tenth of the candidates still holds this share of picks, the
+# encoder goes on to the next tenth (crowded micrographs have more particles than 40%)
+EXTEND_STEP = 0.1
+EXTEND_WHILE = 0.2
+
+
 @torch.no_grad()
+def encoder_scores(model, bank: Bank, prepared: torch.Tensor, xy: np.ndarray, scale: float,
+                   size: int, batch: int, precision: str = "auto") -> np.ndarray:
+    """The encoder's scores ``(n,)`` of windows centred on ``xy`` ``(n, 2)`` micrograph px."""
+    if len(xy) == 0:
+        return np.empty(0)
+    centres = torch.as_tensor(xy * scale, dtype=torch.float32, device=prepared.device)
+    windows = crop_windows(prepared, centres, size)[:, 0]
+    return torch.cat([score_windows(model, windows[i:i + batch], bank, precision)
+                      for i in range(0, len(windows), batch)]).cpu().numpy().astype(float)
+
+
+def mixed_scores(student: np.ndarray, rescored: np.ndarray, encoder: np.ndarray) -> np.ndarray:
+    """The encoder's scores at the ``rescored`` indices, the student's elsewhere capped below
+    the lowest encoder score: ``(n,)``."""
+    out = np.minimum(student, encoder.min()).astype(float)
+    out[rescored] = encoder
+    return out
+
+
 def rescore_best(model, bank: Bank, prepared: torch.Tensor, xy: np.ndarray,
                  scores: np.ndarray, share: float, scale: float, size: int, batch: int,
-                 precision: str = "auto") -> tuple:
+                 precision: str = "auto", cutoff=None) -> tuple:
     """Encoder scores for the best ``share`` of candidates ``xy`` ``(n, 2)`` (micrograph px)
-    by their student ``scores`` ``(n,)``; the others keep theirs, capped below the lowest
-    re-scored one. Returns ``(scores (n,), number re-scored)``."""
-    if len(scores) == 0:
+    by their student ``scores`` ``(n,)``, and for each further tenth while the last tenth
+    re-scored still held ``EXTEND_WHILE`` picks by ``cutoff(scores) -> float``; the others
+    keep theirs, capped below the lowest re-scored one (:func:`mixed_scores`).
+    Returns ``(scores (n,), number re-scored)``."""
+    n = len(scores)
+    if n == 0:
         return scores, 0
-    best = scores >= np.quantile(scores, 1.0 - share)
-    centres = torch.as_tensor(xy[best] * scale, dtype=torch.float32, device=prepared.device)
-    windows = crop_windows(prepared, centres, size)[:, 0]
-    encoder = torch.cat([score_windows(model, windows[i:i + batch], bank, precision)
-                         for i in range(0, len(windows), batch)]).cpu().numpy()
-    out = np.minimum(scores, encoder.min()).astype(float)
-    out[best] = encoder
-    return out, int(best.sum())
+    order = np.argsort(-scores, kind="stable")
+    step = max(1, int(np.ceil(EXTEND_STEP * n)))
+    done, target, encoder = 0, max(1, int(np.ceil(share * n))), np.empty(0)
+    while True:
+        encoder = np.concatenate([encoder, encoder_scores(
+            model, bank, prepared, xy[order[done:target]], scale, size, batch, precision)])
+        done = target
+        mixed = mixed_scores(scores, order[:done], encoder)
+        if done >= n or cutoff is None or \
+                np.mean(encoder[-step:] > cutoff(mixed)) < EXTEND_WHILE:
+            return mixed, done
+        target = min(n, done + step)
 
 
 def pick_with_student(model, student: ScoreStudent, bank: Bank, image: np.ndarray,
                       pre: Preprocess, stride_px: float, share: float, device: torch.device,
-                      batch: int, find_candidates, precision: str = "auto"):
+                      batch: int, find_candidates, precision: str = "auto", cutoff=None):
     """Candidates of one micrograph ``(h, w)`` by the cascade (see module docstring);
-    ``find_candidates(score_map)`` applies the peak rules. Returns the candidates with
-    ``score_map.scored`` = re-scored windows / grid windows."""
+    ``find_candidates(score_map)`` applies the peak rules, ``cutoff(scores)`` the
+    micrograph's cutoff rule (which decides whether more candidates are re-scored).
+    Returns the candidates with ``score_map.scored`` = re-scored windows / grid windows."""
     prepared = prepare_micrograph(image, pre, device)
     step = max(1, int(round(stride_px * pre.scale)))
     smap = student_map(student, prepared, pre.img_size, step, pre.scale)
     cands = find_candidates(smap)
     cands.scores, n = rescore_best(model, bank, prepared, cands.xy, cands.scores, share,
-                                   pre.scale, pre.img_size, batch, precision)
+                                   pre.scale, pre.img_size, batch, precision, cutoff)
     smap.scored = n / smap.scores.size
     return cands

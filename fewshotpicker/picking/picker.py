@@ -65,9 +65,10 @@ def pick_micrograph(model, bank, image: np.ndarray, pre: Preprocess, cfg: PickCo
     """
     stride = cfg.stride or default_stride(pre.box)
     if student is not None and cfg.student > 0:
+        rule = "auto" if cfg.threshold == "quantile" else cfg.threshold
         cands = pick_with_student(model, student, bank, image, pre, stride, cfg.student, device,
                                   batch, lambda m: find_candidates(m, image.shape, pre.box, cfg),
-                                  cfg.precision)
+                                  cfg.precision, lambda s: choose_cutoff(s, rule, cfg.k))
     else:
         score_map = score_micrograph(model, bank, image, pre, stride, device, batch,
                                      cfg.precision, cfg.coarse)

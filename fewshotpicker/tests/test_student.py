@@ -104,3 +104,16 @@ def test_a_model_without_a_student_is_refused_in_one_sentence():
     entry = {"state_dict": net.state_dict(), "width": 8}
     assert isinstance(load_student({"student": entry}, torch.device("cpu"), "m.pt"),
                       ScoreStudent)
+
+
+@pytest.mark.parametrize("particles, expected", [(4, 8), (16, 18)])
+def test_the_encoder_goes_on_while_the_last_tenth_still_holds_picks(particles, expected):
+    # 20 candidates ranked by the student, the first ``particles`` on blobs: the encoder
+    # re-scores 40% (8), then a tenth (2) at a time while that tenth still holds picks
+    xy = np.array([(24.0 + 40 * (i % 5), 24.0 + 40 * (i // 5)) for i in range(20)])
+    image = torch.as_tensor(blobs(xy[:particles], shape=(176, 216)))
+    student_scores = np.linspace(1.0, 0.0, 20)
+    scores, n = rescore_best(CentreModel(), BANK, image, xy, student_scores, 0.4, 1.0, 16, 64,
+                             "fp32", cutoff=lambda s: 0.3)
+    assert n == expected
+    assert np.all(scores[:particles] > 0.3) and np.all(scores[particles:] <= 0.3)

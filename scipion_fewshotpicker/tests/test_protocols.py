@@ -116,21 +116,35 @@ class TestFewShotWorkflow(BaseTest):
         self.assertEqual(len(glob.glob(self.pick._getExtraPath("picks", "*_autopick.star"))),
                          self.mics.getSize())
 
+    def _f1(self, prot):
+        picks = coordinates_table(prot.outputCoordinates, self.mics)
+        report = evaluate_all(picks, self.truth, self.meta["box_px"], ("cryomae",),
+                              micrographs=[m.getFileName() for m in self.mics])
+        return report["conventions"]["cryomae"]["pooled"]["f1"]
+
+    def _windowsScored(self, prot):
+        record = glob.glob(prot._getExtraPath("thresholds", "*.json"))[0]
+        with open(record) as fh:
+            return json.load(fh)["windows_scored"]
+
     def test_fast_scoring_finds_the_same_particles(self):
         fast = self._launch(FewShotProtPick, inputMicrographs=self.mics,
-                            inputModel=self.train.outputModel, fast=True, useGpu=False)
+                            inputModel=self.train.outputModel, scoring=1, useGpu=False)
         with open(fast._getExtraPath("pick.json")) as fh:
             self.assertEqual(json.load(fh)["coarse"], 2)
-        record = glob.glob(fast._getExtraPath("thresholds", "*.json"))[0]
-        with open(record) as fh:
-            self.assertLess(json.load(fh)["windows_scored"], 0.8)
-        f1 = {}
-        for name, prot in (("full", self.pick), ("fast", fast)):
-            picks = coordinates_table(prot.outputCoordinates, self.mics)
-            report = evaluate_all(picks, self.truth, self.meta["box_px"], ("cryomae",),
-                                  micrographs=[m.getFileName() for m in self.mics])
-            f1[name] = report["conventions"]["cryomae"]["pooled"]["f1"]
+        self.assertLess(self._windowsScored(fast), 0.8)
+        f1 = {"full": self._f1(self.pick), "fast": self._f1(fast)}
         self.assertGreater(f1["fast"], max(0.6, f1["full"] - 0.05), f1)
+
+    def test_student_cascade_finds_the_same_particles_with_few_windows(self):
+        cascade = self._launch(FewShotProtPick, inputMicrographs=self.mics,
+                               inputModel=self.train.outputModel, scoring=2, useGpu=False)
+        with open(cascade._getExtraPath("pick.json")) as fh:
+            config = json.load(fh)
+        self.assertEqual((config["student"], config["coarse"]), (0.4, 1))
+        self.assertLess(self._windowsScored(cascade), 0.2)
+        f1 = {"full": self._f1(self.pick), "cascade": self._f1(cascade)}
+        self.assertGreater(f1["cascade"], max(0.6, f1["full"] - 0.05), f1)
 
     def test_box_size_wizard_reads_the_exemplars_box(self):
         from scipion_fewshotpicker.wizards import FewShotBoxSizeWizard
