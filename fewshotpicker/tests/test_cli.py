@@ -124,17 +124,19 @@ def test_bad_input_gives_one_sentence_and_exit_2(tmp_path, capsys):
 
 def test_demo_main_job_writes_picks_report_and_scores(tmp_path, capsys):
     code, out, _ = run(capsys, "demo", "--out", str(tmp_path), "--n", "2", "--size", "256",
-                       "--pretrain-epochs", "1", "--train-steps", "3", "--device", "cpu")
+                       "--pretrain-epochs", "1", "--train-steps", "3", "--student-steps", "20",
+                       "--device", "cpu")
     assert code == 0
-    assert "| fewshot |" in out and "| dog |" in out
+    assert "| fewshot |" in out and "| dog |" in out and "| fewshot_student |" in out
     assert "Scores on the 1 micrographs that gave no exemplars" in (tmp_path / "report.md"
                                                                    ).read_text()
     summary = json.loads((tmp_path / "summary.json").read_text())
     truth = starfile.read(tmp_path / "data" / "truth.star")
     held_out = int((truth["rlnMicrographName"] == "micrographs/mic_001.mrc").sum())
-    for label in ("fewshot", "dog"):
+    for label in ("fewshot", "fewshot_student", "dog"):
         assert summary[label]["tp"] + summary[label]["fn"] == held_out  # only mic_001 scored
     for path in ("picks/autopick.star", "picks_dog/autopick.star", "train/model.pt",
+                 "picks_student/autopick.star",
                  "pretrain/model.pt", "train/losses.png", "picks_example.png",
                  "picks/thresholds/mic_001.png", "evaluation_fewshot/precision_recall.png"):
         assert (tmp_path / path).exists(), path
