@@ -47,7 +47,7 @@ def add_parser(sub) -> None:
     p.add_argument("--student-steps", type=int,
                    help="after fine-tuning, train the dense student that 'pick --student' uses "
                         "on the model's own score maps of these micrographs for this many steps "
-                        "(default 300, about 2 min on two CPU cores for four 1024^2 "
+                        "(default 300, about 1 min on two CPU cores for four 1024^2 "
                         "micrographs); 0 = none")
     p.add_argument("--scs-features", choices=["unmasked", "masked"],
                    help="features the SCS loss compares (default unmasked, as in picking)")

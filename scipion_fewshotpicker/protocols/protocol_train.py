@@ -50,7 +50,7 @@ class FewShotProtTrain(ProtParticlePicking, FewShotProtBase):
                       help="After fine-tuning, a small convolutional network (the student) "
                            "learns the model's own score maps of these micrographs; picking "
                            "with 'student cascade' scoring then runs the model on a fiftieth "
-                           "of the windows. About 2 min on two CPU cores for four 1024 x 1024 "
+                           "of the windows. About 1 min on two CPU cores for four 1024 x 1024 "
                            "micrographs. 0 = no student.")
         self._defineSeedParam(form)
         self._defineDeviceParams(form)
