@@ -17,7 +17,7 @@ import torch
 from ..data.regions import Preprocess, crop_windows, prepare_micrograph
 from ..errors import InputError
 from ..models.student import ScoreStudent, pad_to_stride, sample_at
-from .scoring import Bank, ScoreMap, score_windows
+from .scoring import Bank, ScoreMap, grid_centres, score_windows
 
 
 def load_student(payload: dict, device: torch.device, source: str) -> ScoreStudent:
@@ -43,9 +43,8 @@ def student_map(student: ScoreStudent, prepared: torch.Tensor, size: int, step: 
         raise InputError(f"the micrograph ({h} x {w} px after rescaling) is smaller than one "
                          f"model window ({size} px).")
     padded = pad_to_stride(prepared)
-    jj, ii = torch.meshgrid(torch.arange(gx), torch.arange(gy), indexing="xy")
-    xy = torch.stack([size / 2.0 + jj * step, size / 2.0 + ii * step], -1).reshape(-1, 2)
-    scores = sample_at(student(padded), xy.to(prepared.device).float(), padded.shape[-2:])
+    xy = grid_centres((gy, gx), step, size / 2.0).to(prepared.device)
+    scores = sample_at(student(padded), xy, padded.shape[-2:])
     return ScoreMap(scores.reshape(gy, gx).float().cpu().numpy(), step, size / 2.0, scale,
                     scored=0.0)
 

@@ -38,10 +38,21 @@ class ScoreMap:
         """Grid positions ``(n, 2)`` as (x=j, y=i), possibly fractional -> micrograph px."""
         return (self.offset + np.asarray(ij, dtype=float) * self.step) / self.scale
 
+    def centres(self) -> torch.Tensor:
+        """Window centres in prepared-image pixels, row-major: ``(gy * gx, 2)`` (x, y)."""
+        return grid_centres(self.scores.shape, self.step, self.offset)
+
     @property
     def stride_px(self) -> float:
         """Distance between neighbouring windows in micrograph pixels."""
         return self.step / self.scale
+
+
+def grid_centres(shape: tuple, step: int, offset: float) -> torch.Tensor:
+    """Centres ``(gy * gx, 2)`` (x, y) of a ``(gy, gx)`` window grid, row-major, in
+    prepared-image pixels: window ``(i, j)`` is centred at ``offset + (j, i) * step``."""
+    ii, jj = torch.meshgrid(torch.arange(shape[0]), torch.arange(shape[1]), indexing="ij")
+    return torch.stack([offset + jj * step, offset + ii * step], -1).reshape(-1, 2).float()
 
 
 def window_grid(prepared: torch.Tensor, size: int, step: int) -> torch.Tensor:

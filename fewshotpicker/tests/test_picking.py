@@ -337,3 +337,11 @@ def test_benchmark_summary_gives_mean_spread_device_and_windows_scored():
     assert row["f1"] == pytest.approx(0.85) and row["f1_std"] == pytest.approx(0.05)
     assert row["s_per_mic"] == pytest.approx(2.5) and row["peak_mb"] == 101.0
     assert row["windows_scored"] == pytest.approx(0.45)
+
+
+def test_score_map_centres_are_the_windows_grid_to_micrograph_places():
+    smap = ScoreMap(np.zeros((3, 4)), step=6, offset=16.0, scale=0.5)
+    ii, jj = np.indices((3, 4))
+    expected = smap.grid_to_micrograph(np.stack([jj.ravel(), ii.ravel()], 1)) * smap.scale
+    np.testing.assert_allclose(smap.centres().numpy(), expected)
+    assert smap.centres()[5].tolist() == [22.0, 22.0]      # row 1, column 1

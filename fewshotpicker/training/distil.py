@@ -29,16 +29,6 @@ from ..picking.scoring import score_micrograph
 log = logging.getLogger("fewshotpicker")
 
 
-def grid_positions(score_map) -> torch.Tensor:
-    """Window centres of a :class:`~fewshotpicker.picking.scoring.ScoreMap` grid in
-    prepared-image pixels, row-major: ``(gy * gx, 2)`` (x, y)."""
-    gy, gx = score_map.scores.shape
-    jj, ii = np.meshgrid(np.arange(gx), np.arange(gy))
-    xy = np.stack([score_map.offset + jj * score_map.step,
-                   score_map.offset + ii * score_map.step], -1).reshape(-1, 2)
-    return torch.as_tensor(xy, dtype=torch.float32)
-
-
 def teacher_targets(model, bank, images: List[np.ndarray], pre: Preprocess, stride_px: float,
                     device: torch.device, batch: int) -> list:
     """For each micrograph ``(h, w)``: the padded prepared image ``(1, 1, h', w')``, the
@@ -47,7 +37,7 @@ def teacher_targets(model, bank, images: List[np.ndarray], pre: Preprocess, stri
     for image in images:
         score_map = score_micrograph(model, bank, image, pre, stride_px, device, batch)
         padded = pad_to_stride(prepare_micrograph(image, pre, device))
-        out.append((padded, grid_positions(score_map).to(device),
+        out.append((padded, score_map.centres().to(device),
                     torch.as_tensor(score_map.scores.reshape(-1), device=device)))
     return out
 
