@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
+from scipy.integrate import trapezoid
 
 
 def _ratio(num: float, den: float) -> Optional[float]:
@@ -66,4 +67,4 @@ def auroc(curve: dict, n_truth: int) -> Optional[float]:
     y = np.concatenate([[0.0], curve["recall"]])
     if x[-1] == 0:  # no false positives at all: the curve jumps straight up
         return float(y[-1])
-    return float(np.trapz(y, x))
+    return float(trapezoid(y, x))  # np.trapz is gone from numpy 2
