@@ -96,7 +96,8 @@ def wedge_dropblock(x: torch.Tensor, n_blocks: int, size_xy: int, elongation: fl
             z0, y0, x0 = (int(torch.randint(0, max(1, n - s + 1), (1,), generator=generator))
                           for n, s in ((d, sz), (h, size_xy), (w, size_xy)))
             block = out[i, :, z0:z0 + sz, y0:y0 + size_xy, x0:x0 + size_xy]
-            block.copy_(mean + std * torch.randn(block.shape, generator=generator))
+            noise = torch.randn(block.shape, generator=generator).to(block.device)
+            block.copy_(mean + std * noise)
     return out
 
 
