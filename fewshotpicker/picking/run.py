@@ -27,6 +27,7 @@ from ..io.atomic import write_text_atomic
 from ..io.coordinates import (empty_coordinates, make_coordinates, micrograph_key, write_autopick,
                               write_coordinate_table)
 from ..io.mrc import read_image
+from ..models.inference import scoring_encoder
 from ..training.common import load_mae
 from .cascade import load_student
 from .picker import Candidates, pick_micrograph
@@ -68,6 +69,7 @@ def window_batch(requested: int, device: torch.device) -> int:
 def _worker(model_path: str, device: torch.device, paths: List[Path], cfg: PickConfig,
             results: Dict[str, object], tick: Callable) -> None:
     model, payload = load_mae(model_path, device, kinds=["finetuned"])
+    model = scoring_encoder(model, device, cfg.precision, cfg.compile)
     pre = Preprocess(**payload["preprocess"])
     bank = Bank.from_payload(payload, device)
     student = load_student(payload, device, model_path) if cfg.student > 0 else None
@@ -91,6 +93,7 @@ def score_all(cfg: PickConfig, micrographs: List[Path],
     devices = resolve_devices(cfg.device)
     for dev in devices:
         if dev.type == "cuda":
+            torch.cuda.init()  # the memory statistics refuse a device CUDA has not started
             torch.cuda.reset_peak_memory_stats(dev)
     bar = progress(range(len(micrographs)), total=len(micrographs)) if progress else None
     lock = threading.Lock()
