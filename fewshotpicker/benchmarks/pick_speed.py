@@ -4,7 +4,9 @@ Times the real picking path (prepare, window views, encoder in batches,
 cosines to the bank, peaks) on one micrograph of a given size with a model
 of a given size. The weights are random: speed does not depend on them. The
 encoder's arithmetic is counted analytically, so the achieved TFLOP/s and its
-ratio to the device's peak are printed beside the wall time.
+ratio to the device's peak are printed beside the wall time: over the whole
+picking path (``tflops``) and for the encoder alone on full batches
+(``encoder_tflops``).
 """
 from __future__ import annotations
 
@@ -18,11 +20,12 @@ import torch.nn.functional as F
 from ..config import PickConfig
 from ..data.regions import Preprocess
 from ..device import resolve_device
+from ..models.inference import scoring_encoder
 from ..models.mae import build_mae
 from ..models.student import ScoreStudent
 from ..picking.picker import default_stride, pick_micrograph
 from ..picking.run import window_batch
-from ..picking.scoring import Bank
+from ..picking.scoring import Bank, score_windows
 
 # dense bf16 tensor-core peaks in TFLOP/s (vendor figures, no sparsity)
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0,
@@ -50,6 +53,25 @@ def device_peak_tflops(device: torch.device) -> Optional[float]:
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
+def encoder_rate(encoder, bank: Bank, batch: int, device: torch.device,
+                 repeats: int = 5) -> float:
+    """Windows per second through the encoder alone (scoring one full batch of
+    windows against the bank, as the picker does), median of ``repeats``."""
+    s = encoder.cfg.img_size
+    windows = torch.randn(batch, s, s, device=device)
+    times = []
+    for i in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        score_windows(encoder, windows, bank)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:  # the first is a warm-up
+            times.append(time.perf_counter() - start)
+    return batch / float(np.median(times))
+
+
 def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: float = 180.0,
                  stride: float = 0.0, device: str = "auto", batch: int = 0, repeats: int = 3,
                  compile: bool = False, bank_size: int = 60, coarse: int = 1,
@@ -66,8 +88,6 @@ def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: floa
     batch = window_batch(batch, dev)
     torch.manual_seed(0)
     model = build_mae(model_size).to(dev).eval()
-    if compile:
-        model.embed = torch.compile(model.embed)
     pre = Preprocess(box=box, img_size=model.cfg.img_size)
     bank = Bank(F.normalize(torch.randn(model.cfg.embed_dim, bank_size, device=dev), dim=0),
                 torch.zeros(model.cfg.embed_dim, device=dev))
@@ -75,12 +95,15 @@ def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: floa
     stride = stride or default_stride(box)
     cfg = PickConfig(stride=stride, coarse=coarse, student=student)
     net = ScoreStudent().to(dev).eval() if student > 0 else None
+    start = time.perf_counter()
+    encoder = scoring_encoder(model, dev, cfg.precision, compile)
+    compile_s = time.perf_counter() - start if compile else None
 
     def once() -> tuple:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         start = time.perf_counter()
-        cands = pick_micrograph(model, bank, image, pre, cfg, dev, batch, net)
+        cands = pick_micrograph(encoder, bank, image, pre, cfg, dev, batch, net)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         smap = cands.score_map
@@ -94,6 +117,7 @@ def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: floa
     seconds = float(np.median([r[0] for r in runs]))
     windows = runs[0][1]
     tflops = windows * encoder_flops_per_window(model) / seconds / 1e12
+    encoder_tflops = encoder_rate(encoder, bank, batch, dev) * encoder_flops_per_window(model) / 1e12
     peak = device_peak_tflops(dev)
     return {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
             f"cpu ({torch.get_num_threads()} threads)",
@@ -103,5 +127,8 @@ def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: floa
             "s_per_mic": seconds,
             "windows_per_s": windows / seconds, "tflops": tflops,
             "peak_fraction": tflops / peak if peak else None,
+            "encoder_tflops": encoder_tflops,
+            "encoder_peak_fraction": encoder_tflops / peak if peak else None,
+            "compile_s": compile_s,
             "gpu_mb": torch.cuda.max_memory_allocated(dev) / 2 ** 20 if dev.type == "cuda"
             else None, "candidates": runs[0][2]}

@@ -279,6 +279,7 @@ def test_pick_speed_counts_the_windows_each_setting_scores():
     assert full["windows"] == 22 * 29 and full["coarse"] == 1 and full["batch"] == 128
     assert fast["coarse"] == 2 and 11 * 15 <= fast["windows"] < full["windows"]
     assert full["s_per_mic"] > 0 and full["windows_per_s"] > 0
+    assert full["encoder_tflops"] > 0 and full["compile_s"] is None
     cascade = time_picking("micro", (120, 150), box=24.0, device="cpu", repeats=1, student=0.4)
     # the encoder re-scores the best 40% of the random student's peaks, nothing else
     assert cascade["student"] == 0.4 and cascade["candidates"] > 0
@@ -297,6 +298,13 @@ def test_command_speed_model_picks_and_the_per_micrograph_cost_is_the_difference
                  str(tmp_path / "picks"), "--device", "cpu"]) == 0
     summary = json.loads((tmp_path / "picks" / "summary.json").read_text())
     assert len(summary["micrographs"]) == 2 and summary["failed"] == {}
+    # --compile is for GPU scoring: on the CPU it is recorded and the picks do not change
+    assert main(["pick", "--model", str(model), "--micrographs", *map(str, mics), "--out",
+                 str(tmp_path / "compiled"), "--device", "cpu", "--compile"]) == 0
+    assert json.loads((tmp_path / "compiled" / "config.json").read_text())["config"][
+        "compile"] is True
+    assert (tmp_path / "compiled" / "noise_000_autopick.star").read_text() == \
+        (tmp_path / "picks" / "noise_000_autopick.star").read_text()
     assert main(["pick", "--model", str(model), "--micrographs", *map(str, mics), "--out",
                  str(tmp_path / "cascade"), "--device", "cpu", "--student", "0.4"]) == 0
     record = json.loads((tmp_path / "cascade" / "thresholds" / "noise_000.json").read_text())

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.regions import Preprocess, prepare_micrograph
+from ..models.inference import scoring_encoder
 from ..models.student import ScoreStudent, pad_to_stride, sample_at, student_payload
 from ..picking.scoring import score_micrograph
 
@@ -33,7 +34,7 @@ def teacher_targets(model, bank, images: List[np.ndarray], pre: Preprocess, stri
                     device: torch.device, batch: int) -> list:
     """For each micrograph ``(h, w)``: the padded prepared image ``(1, 1, h', w')``, the
     window centres ``(n, 2)`` (prepared px) and the encoder's scores there ``(n,)``."""
-    out = []
+    out, model = [], scoring_encoder(model, device)
     for image in images:
         score_map = score_micrograph(model, bank, image, pre, stride_px, device, batch)
         padded = pad_to_stride(prepare_micrograph(image, pre, device))
