@@ -6,7 +6,8 @@ of a given size. The weights are random: speed does not depend on them. The
 encoder's arithmetic is counted analytically, so the achieved TFLOP/s and its
 ratio to the device's peak are printed beside the wall time: over the whole
 picking path (``tflops``) and for the encoder alone on full batches
-(``encoder_tflops``).
+(``encoder_tflops``), beside the vendor's peak and a bf16 matrix product
+timed in the same run (``matmul_tflops``, the ceiling cuBLAS reaches here).
 """
 from __future__ import annotations
 
@@ -43,6 +44,24 @@ def encoder_flops_per_window(model) -> float:
     blocks = c.depth * n * (24 * c.embed_dim ** 2 + 4 * n * c.embed_dim)
     patch = 2 * model.num_patches * c.patch_size ** 2 * c.embed_dim
     return float(blocks + patch)
+
+
+def matmul_ceiling_tflops(device: torch.device, n: int = 8192, repeats: int = 10) -> Optional[float]:
+    """TFLOP/s of one ``n^3`` bf16 matrix product on this GPU, measured now: the
+    ceiling a dense encoder can approach here (None on a CPU)."""
+    if device.type != "cuda":
+        return None
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn_like(a)
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        a @ b
+    end.record()
+    torch.cuda.synchronize(device)
+    return 2 * n ** 3 * repeats / (start.elapsed_time(end) / 1e3) / 1e12
 
 
 def device_peak_tflops(device: torch.device) -> Optional[float]:
@@ -119,6 +138,7 @@ def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: floa
     tflops = windows * encoder_flops_per_window(model) / seconds / 1e12
     encoder_tflops = encoder_rate(encoder, bank, batch, dev) * encoder_flops_per_window(model) / 1e12
     peak = device_peak_tflops(dev)
+    ceiling = matmul_ceiling_tflops(dev)
     return {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
             f"cpu ({torch.get_num_threads()} threads)",
             "model": model_size, "micrograph": f"{size[1]}x{size[0]}", "box": box,
@@ -129,6 +149,8 @@ def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: floa
             "peak_fraction": tflops / peak if peak else None,
             "encoder_tflops": encoder_tflops,
             "encoder_peak_fraction": encoder_tflops / peak if peak else None,
+            "matmul_tflops": ceiling,
+            "encoder_matmul_fraction": encoder_tflops / ceiling if ceiling else None,
             "compile_s": compile_s,
             "gpu_mb": torch.cuda.max_memory_allocated(dev) / 2 ** 20 if dev.type == "cuda"
             else None, "candidates": runs[0][2]}
