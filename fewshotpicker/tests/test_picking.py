@@ -303,8 +303,10 @@ def test_command_speed_model_picks_and_the_per_micrograph_cost_is_the_difference
                  str(tmp_path / "compiled"), "--device", "cpu", "--compile"]) == 0
     assert json.loads((tmp_path / "compiled" / "config.json").read_text())["config"][
         "compile"] is True
-    assert (tmp_path / "compiled" / "noise_000_autopick.star").read_text() == \
-        (tmp_path / "picks" / "noise_000_autopick.star").read_text()
+    def table(folder):  # the STAR text without its time-stamped header comment
+        text = (tmp_path / folder / "noise_000_autopick.star").read_text()
+        return [line for line in text.splitlines() if not line.startswith("#")]
+    assert len(table("picks")) > 10 and table("compiled") == table("picks")
     assert main(["pick", "--model", str(model), "--micrographs", *map(str, mics), "--out",
                  str(tmp_path / "cascade"), "--device", "cpu", "--student", "0.4"]) == 0
     record = json.loads((tmp_path / "cascade" / "thresholds" / "noise_000.json").read_text())
