@@ -23,7 +23,8 @@ FLAGS = {"model": "model", "stride": "stride", "coarse": "coarse", "student": "s
          "shoulder_reach": "shoulder_reach", "shoulder_dip": "shoulder_dip",
          "threshold": "threshold", "k": "k", "quantile": "quantile",
          "exclude_border": "exclude_border", "batch_size": "batch_size", "device": "device",
-         "precision": "precision", "compile": "compile", "plots": "plots", "candidates": "candidates"}
+         "precision": "precision", "compile": "compile", "plots": "plots",
+         "candidates": "candidates"}
 
 
 def add_parser(sub) -> None:
@@ -65,8 +66,8 @@ def add_parser(sub) -> None:
                         "native bf16, else fp32), bf16 or fp32")
     p.add_argument("--compile", action="store_const", const=True,
                    help="GPU: compile the encoder first (about 20 s, once per device); then the "
-                        "encoder runs about 9%% and a micrograph about 3%% faster (base model, "
-                        "H200), so it pays from a few hundred micrographs")
+                        "encoder runs about 9%% and a micrograph 3-9%% faster (base model, H200), "
+                        "so it pays from a few hundred micrographs")
     p.add_argument("--plots", action="store_const", const=True,
                    help="save a score histogram PNG per micrograph")
     p.add_argument("--candidates", action="store_const", const=True,
