@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mae import MaskedAutoencoder
+from .mae import MaskedAutoencoder, patchify
 
 log = logging.getLogger("fewshotpicker")
 
@@ -55,7 +55,7 @@ class ScoringEncoder(nn.Module):
         self.fused_gelu = fused_gelu
         self.heads = model.cfg.num_heads
         p, d = model.cfg.patch_size, model.cfg.embed_dim
-        self.patch, self.grid = p, model.grid
+        self.patch = p
         with torch.no_grad():
             self.patch_weight = nn.Parameter(model.patch_embed.weight.reshape(d, p * p)
                                              .to(dtype).clone(), requires_grad=False)
@@ -79,15 +79,9 @@ class ScoringEncoder(nn.Module):
         pooled = x[:, 0] if self.pooling == "cls" else x[:, 1:].mean(dim=1, dtype=torch.float32)
         return pooled.float()
 
-    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
-        """``(b, 1, s, s)`` -> ``(b, L, p*p)``, as :meth:`MaskedAutoencoder.patchify`."""
-        p, g = self.patch, self.grid
-        x = imgs.reshape(imgs.shape[0], g, p, g, p).permute(0, 1, 3, 2, 4)
-        return x.reshape(imgs.shape[0], g * g, p * p)
-
     def tokens(self, imgs: torch.Tensor) -> torch.Tensor:
         """CLS + patch tokens with positions: ``(b, 1, s, s)`` -> ``(b, 1 + L, d)``."""
-        x = F.linear(self.patchify(imgs), self.patch_weight) + self.patch_bias
+        x = F.linear(patchify(imgs, self.patch), self.patch_weight) + self.patch_bias
         return torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
 
     def block(self, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -62,6 +62,13 @@ def sincos_pos_embed(dim: int, grid: int, cls_token: bool = True) -> np.ndarray:
     return np.concatenate([np.zeros((1, dim)), emb]) if cls_token else emb
 
 
+def patchify(imgs: torch.Tensor, p: int) -> torch.Tensor:
+    """``(b, 1, s, s)`` -> ``(b, (s/p)^2, p*p)``: ``p x p`` patches in row-major order."""
+    b, g = imgs.shape[0], imgs.shape[-1] // p
+    x = imgs.reshape(b, g, p, g, p)
+    return x.permute(0, 1, 3, 2, 4).reshape(b, g * g, p * p)
+
+
 class MaskedAutoencoder(nn.Module):
     """MAE for single-channel images ``(b, 1, s, s)``; see :class:`MAEConfig`."""
 
@@ -111,9 +118,7 @@ class MaskedAutoencoder(nn.Module):
     # ------------------------------------------------------------ patches
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
         """``(b, 1, s, s)`` -> ``(b, L, p*p)``, patches in row-major order."""
-        p, g = self.cfg.patch_size, self.grid
-        x = imgs.reshape(imgs.shape[0], g, p, g, p)
-        return x.permute(0, 1, 3, 2, 4).reshape(imgs.shape[0], g * g, p * p)
+        return patchify(imgs, self.cfg.patch_size)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """``(b, L, p*p)`` -> ``(b, 1, s, s)``; the inverse of :meth:`patchify`."""
