@@ -216,6 +216,8 @@ class TrainConfig:
     scs_features: str = "unmasked"    # features for SCS: "unmasked" (as in picking) or "masked"
     centre_features: bool = False     # cosines of features minus the background mean (measured worse)
     pooling: str = ""                 # region feature: "mean" of patch tokens, "cls"; "" = model's
+    input_size: int = 0               # model input px a box becomes (0 = the pretrained model's);
+                                      # smaller = faster picking (compute ~ input_size^2)
     unlabeled_ratio: float = 2.0      # unlabeled : positive crops per step
     unlabeled_pool: int = 40          # unlabeled crops drawn per exemplar (sampled each step)
     shifted_negatives: float = 0.5    # share of the unlabeled batch that are off-centre exemplars

@@ -22,7 +22,7 @@ from ..config import PickConfig
 from ..data.regions import Preprocess
 from ..device import resolve_device
 from ..models.inference import scoring_encoder
-from ..models.mae import build_mae
+from ..models.mae import build_mae, resize_input
 from ..models.student import ScoreStudent
 from ..picking.picker import default_stride, pick_micrograph
 from ..picking.run import window_batch
@@ -94,19 +94,21 @@ def encoder_rate(encoder, bank: Bank, batch: int, device: torch.device,
 def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: float = 180.0,
                  stride: float = 0.0, device: str = "auto", batch: int = 0, repeats: int = 3,
                  compile: bool = False, bank_size: int = 60, coarse: int = 1,
-                 student: float = 0.0) -> dict:
+                 student: float = 0.0, input_size: int = 0) -> dict:
     """Median seconds of picking one ``size`` micrograph, with the derived rates.
 
     coarse: 1 scores every window; 2 is the fast setting (``pick --coarse 2``).
     student: > 0 times the student cascade instead (``pick --student``), the
     encoder re-scoring that share of the student's peaks. With random weights
     the share of windows either scores is only indicative; the picking
-    benchmark reports the share on real score maps.
+    benchmark reports the share on real score maps. input_size: the model input a
+    box becomes (``train --input-size``; 0 = the model's own, 224 for base).
     """
     dev = resolve_device(device)
     batch = window_batch(batch, dev)
     torch.manual_seed(0)
-    model = build_mae(model_size).to(dev).eval()
+    model = build_mae(model_size).to(dev)
+    model = (resize_input(model, input_size) if input_size else model).eval()
     pre = Preprocess(box=box, img_size=model.cfg.img_size)
     bank = Bank(F.normalize(torch.randn(model.cfg.embed_dim, bank_size, device=dev), dim=0),
                 torch.zeros(model.cfg.embed_dim, device=dev))
@@ -142,7 +144,8 @@ def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: floa
     return {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
             f"cpu ({torch.get_num_threads()} threads)",
             "model": model_size, "micrograph": f"{size[1]}x{size[0]}", "box": box,
-            "stride": round(stride, 2), "coarse": coarse, "student": student, "batch": batch,
+            "stride": round(stride, 2), "input": model.cfg.img_size, "coarse": coarse,
+            "student": student, "batch": batch,
             "windows": windows,
             "s_per_mic": seconds,
             "windows_per_s": windows / seconds, "tflops": tflops,

@@ -31,6 +31,9 @@ class MAEConfig:
     mlp_ratio: float = 4.0
     norm_pix_loss: bool = False
     pooling: str = "mean"  # feature of a region: "mean" of patch tokens or "cls"
+    # patches per side that the positions span: the pretraining grid when the input was made
+    # smaller for fine-tuning (:func:`resize_input`); 0 = img_size / patch_size
+    pos_span: float = 0.0
 
 
 MODEL_SIZES = {
@@ -48,11 +51,20 @@ MODEL_SIZES = {
 }
 
 
-def sincos_pos_embed(dim: int, grid: int, cls_token: bool = True) -> np.ndarray:
-    """Fixed 2D sine-cosine positional embedding ``(grid^2 [+1], dim)``; the CLS row is zero."""
+def sincos_pos_embed(dim: int, grid: int, cls_token: bool = True, span: float = 0.0) -> np.ndarray:
+    """Fixed 2D sine-cosine positional embedding ``(grid^2 [+1], dim)``; the CLS row is zero.
+
+    Patch ``i`` sits at position ``i``; with ``span``, the ``grid`` patches are
+    spread over ``span`` positions instead (centre of patch ``i`` at
+    ``(i + 0.5) * span / grid - 0.5``), so a smaller input keeps the positions
+    the model learned on a larger one, evaluated exactly rather than interpolated.
+    """
     if dim % 4:
         raise ValueError(f"embedding dimension {dim} must be a multiple of 4")
-    coords = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64))
+    pos = np.arange(grid, dtype=np.float64)
+    if span:
+        pos = (pos + 0.5) * span / grid - 0.5
+    coords = np.meshgrid(pos, pos)
     omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4.0))
     parts = []
     for c in coords:  # x then y: each takes half of the dimensions
@@ -99,7 +111,8 @@ class MaskedAutoencoder(nn.Module):
         self._init_weights()
 
     def _pos(self, dim: int) -> torch.Tensor:
-        return torch.from_numpy(sincos_pos_embed(dim, self.grid)).float().unsqueeze(0)
+        return torch.from_numpy(sincos_pos_embed(dim, self.grid, span=self.cfg.pos_span)
+                                ).float().unsqueeze(0)
 
     def _init_weights(self) -> None:
         w = self.patch_embed.weight.data
@@ -213,3 +226,25 @@ def build_mae(size: str = "tiny", **overrides) -> MaskedAutoencoder:
     if overrides:
         cfg = MAEConfig(**{**asdict(cfg), **overrides})
     return MaskedAutoencoder(cfg)
+
+
+def resize_input(model: MaskedAutoencoder, img_size: int) -> MaskedAutoencoder:
+    """The same weights for a different input side ``img_size`` (px, a multiple of the patch).
+
+    No weight depends on the input size: the patch embedding is per patch and
+    the positions are fixed sine-cosines, recomputed so the smaller grid spans
+    the positions of the grid the model was trained on. Windows of ``img_size``
+    then cost about ``(img_size / cfg.img_size)^2`` of the compute per window.
+    """
+    cfg = model.cfg
+    if img_size == cfg.img_size:
+        return model
+    p = cfg.patch_size
+    if img_size % p or img_size < 2 * p:
+        raise ValueError(f"model input {img_size} px must be a multiple of the {p} px patch "
+                         f"and at least two patches")
+    span = cfg.pos_span or cfg.img_size / p
+    resized = MaskedAutoencoder(MAEConfig(**{**asdict(cfg), "img_size": img_size,
+                                             "pos_span": span}))
+    resized.load_state_dict(model.state_dict())
+    return resized.to(next(model.parameters()).device)

@@ -15,6 +15,8 @@ from fewshotpicker.benchmarks.features import Dataset, auroc, model_auroc
 from fewshotpicker.data.synthetic import simulate_dataset
 from fewshotpicker.errors import InputError
 from fewshotpicker.io.coordinates import make_coordinates, read_coordinates
+from fewshotpicker.models.mae import sincos_pos_embed
+from fewshotpicker.training.common import load_mae
 from fewshotpicker.training.finetune import finetune
 from fewshotpicker.training.pretrain import ENOUGH_STEPS, pretrain, warn_if_short
 
@@ -169,3 +171,26 @@ def test_cli_train_from_a_checkpoint_of_another_kind_is_refused(crowded, tmp_pat
                  str(tmp_path / "weird.pt"), "--out", str(tmp_path / "o"), "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 2 and "holds a 'resume' checkpoint" in err and len(err.strip().splitlines()) == 1
+
+
+def test_fine_tuning_at_a_smaller_input_keeps_the_pretrained_positions(crowded, tmp_path):
+    """--input-size 16 on the 32 px micro model: a box becomes 16 px, the 2 x 2 patch grid
+    spans the pretrained 4 x 4 positions, and the features still separate particles."""
+    summary = _train(crowded, tmp_path, input_size=16, student_steps=0)
+    payload = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert payload["model"]["img_size"] == 16 and payload["model"]["pos_span"] == 4
+    assert payload["preprocess"]["img_size"] == 16
+    model, _ = load_mae(tmp_path, "cpu")
+    assert torch.allclose(model.pos_embed[0].double(),
+                          torch.from_numpy(sincos_pos_embed(64, 2, span=4)), atol=1e-6)
+    auroc, gap = held_out_auroc(tmp_path, crowded)
+    assert summary["cos_gap"] > 0.05 and auroc > 0.6, (auroc, summary["cos_gap"])
+
+
+def test_cli_train_refuses_an_input_size_off_the_patch_grid(crowded, tmp_path, capsys):
+    out, meta, mics = crowded
+    code = main(["train", "--micrographs", str(mics[0]), "--exemplars",
+                 str(out / "exemplars.star"), "--box", "40", "--pretrained", str(out / "pre"),
+                 "--input-size", "20", "--out", str(tmp_path / "o"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--input-size: model input 20 px must be a multiple of the 8 px" in err

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fewshotpicker.losses import masked_mse
-from fewshotpicker.models.mae import MODEL_SIZES, build_mae, sincos_pos_embed
+from fewshotpicker.models.mae import MODEL_SIZES, build_mae, resize_input, sincos_pos_embed
 
 TEST = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
             decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
@@ -131,3 +131,35 @@ def test_bad_geometry_is_refused():
         build_mae("tiny", img_size=30, patch_size=8)
     with pytest.raises(ValueError, match="unknown model size"):
         build_mae("huge")
+
+
+def test_a_smaller_grid_spans_the_positions_of_the_larger_one():
+    dim, q = 16, 4
+    omega = 1.0 / 10000 ** (np.arange(q) / q)
+    emb = sincos_pos_embed(dim, 2, cls_token=False, span=4)
+    # patch (row 0, column 1) of a 2 x 2 grid over 4 positions is centred at x = 2.5, y = 0.5
+    assert np.allclose(emb[1, :q], np.sin(2.5 * omega))
+    assert np.allclose(emb[1, 2 * q:3 * q], np.sin(0.5 * omega))
+    # a span equal to the grid gives the integer positions
+    assert np.array_equal(sincos_pos_embed(dim, 4, span=4), sincos_pos_embed(dim, 4))
+
+
+def test_resize_input_shares_weights_and_resizing_back_restores_the_model():
+    model = tiny()
+    small = resize_input(model, 16)
+    assert (small.cfg.img_size, small.cfg.pos_span, small.num_patches) == (16, 4, 4)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 small.state_dict().values()))
+    assert small.embed(torch.randn(3, 1, 16, 16)).shape == (3, 32)
+    back = resize_input(small, 32)
+    assert torch.allclose(back.pos_embed, model.pos_embed, atol=1e-6)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(back.embed(x), model.embed(x), atol=1e-5)
+    assert resize_input(model, 32) is model
+
+
+@pytest.mark.parametrize("size", [20, 8])
+def test_resize_input_refuses_a_size_off_the_patch_grid_or_of_one_patch(size):
+    with pytest.raises(ValueError, match="multiple of the 8 px patch"):
+        resize_input(tiny(), size)

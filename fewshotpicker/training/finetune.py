@@ -29,7 +29,7 @@ from ..io.checkpoint import MODEL_FILE, save_checkpoint
 from ..io.coordinates import match_micrographs
 from ..io.mrc import read_image
 from ..losses import masked_mse, scs_loss
-from ..models.mae import MaskedAutoencoder, build_mae
+from ..models.mae import MaskedAutoencoder, build_mae, resize_input
 from ..picking.picker import default_stride
 from ..picking.run import window_batch
 from ..picking.scoring import Bank
@@ -217,6 +217,11 @@ def finetune(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame,
         if cfg.pooling not in ("mean", "cls"):
             raise InputError(f"Pooling {cfg.pooling!r} is not 'mean' or 'cls'.")
         model.cfg = replace(model.cfg, pooling=cfg.pooling)
+    if cfg.input_size:
+        try:
+            model = resize_input(model, cfg.input_size)
+        except ValueError as exc:
+            raise InputError(f"--input-size: {exc}.") from None
     pre = Preprocess(box=cfg.box, img_size=model.cfg.img_size, highpass=cfg.highpass, lowpass=cfg.lowpass)
     positives, pool, shifted = collect_regions(cfg, micrographs, exemplars, pre, device, source)
     # freezing only makes sense for pretrained blocks

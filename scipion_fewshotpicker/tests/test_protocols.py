@@ -146,6 +146,25 @@ class TestFewShotWorkflow(BaseTest):
         f1 = {"full": self._f1(self.pick), "cascade": self._f1(cascade)}
         self.assertGreater(f1["cascade"], max(0.6, f1["full"] - 0.05), f1)
 
+    def test_a_model_trained_at_a_smaller_input_picks_the_same_particles(self):
+        smaller = self.newProtocol(FewShotProtTrain, steps=100, inputSize=20, studentSteps=0,
+                                   useGpu=False)
+        smaller.inputMicrographs.set(self.mics)
+        smaller.inputCoordinates.set(self.exemplars)
+        smaller.inputModel.set(self.pretrain.outputModel)
+        self.assertIn("The model input size 20 px must be a multiple of the tiny model's "
+                      "8 px patch and at least two patches.", smaller.validate())
+        smaller = self._launch(FewShotProtTrain, inputMicrographs=self.mics,
+                               inputCoordinates=self.exemplars,
+                               inputModel=self.pretrain.outputModel, steps=100, inputSize=48,
+                               studentSteps=0, useGpu=False)
+        with open(os.path.join(smaller.outputModel.getPath(), "config.json")) as fh:
+            self.assertEqual(json.load(fh)["config"]["input_size"], 48)
+        pick = self._launch(FewShotProtPick, inputMicrographs=self.mics,
+                            inputModel=smaller.outputModel, useGpu=False)
+        f1 = {"full": self._f1(self.pick), "smaller input": self._f1(pick)}
+        self.assertGreater(f1["smaller input"], max(0.6, f1["full"] - 0.1), f1)
+
     def test_box_size_wizard_reads_the_exemplars_box(self):
         from scipion_fewshotpicker.wizards import FewShotBoxSizeWizard
         prot = self.newProtocol(FewShotProtTrain)
