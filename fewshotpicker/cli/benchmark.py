@@ -89,8 +89,8 @@ def add_parser(sub) -> None:
                    help="pick-speed: also time the student cascade (pick --student), the encoder "
                         "re-scoring this share of the student's peaks; 0 = leave it out")
     p.add_argument("--input-size", default="0",
-                   help="pick-speed: also time every window with the model input made this "
-                        "small (train --input-size; e.g. 112 for base); 0 = leave it out")
+                   help="pick-speed: also time each --coarse setting with the model input made "
+                        "this small (train --input-size; e.g. 160,112 for base); 0 = leave it out")
     p.add_argument("--fractions", default="0.01,0.05,0.2", help="tomo: labelled fractions")
     p.add_argument("--snr", type=float, default=0.1, help="tomo: simulated SNR")
     p.add_argument("--tomograms", type=int, default=2, help="tomo: simulated tomograms")
@@ -166,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
         w, h = (int(v) for v in args.size.lower().split("x"))
         settings = [{"coarse": int(c)} for c in args.coarse.split(",")] + \
             ([{"student": args.student}] if args.student > 0 else []) + \
-            [{"input_size": int(n)} for n in args.input_size.split(",") if int(n)]
+            [{"input_size": int(n), "coarse": int(c)} for n in args.input_size.split(",")
+             if int(n) for c in args.coarse.split(",")]
         result = [pick_speed.time_picking(args.model, (h, w), args.box, args.stride, args.device,
                                           args.batch or 0, args.repeats, args.compile, **kw)
                   for kw in settings]

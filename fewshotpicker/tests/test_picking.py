@@ -287,6 +287,9 @@ def test_pick_speed_counts_the_windows_each_setting_scores():
     first, step = int(np.ceil(0.4 * n)), int(np.ceil(0.1 * n))
     assert cascade["windows"] == n or (cascade["windows"] - first) % step == 0
     assert first <= cascade["windows"] <= n
+    small = time_picking("micro", (120, 150), box=24.0, device="cpu", repeats=1, input_size=16)
+    # a 16 px input: 80 x 100 px prepared, step round(4.8 * 16 / 24) = 3 -> 22 by 29 windows
+    assert small["input"] == 16 and full["input"] == 32 and small["windows"] == 22 * 29
 
 
 def test_command_speed_model_picks_and_the_per_micrograph_cost_is_the_difference(tmp_path):
