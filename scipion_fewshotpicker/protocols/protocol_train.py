@@ -133,7 +133,7 @@ class FewShotProtTrain(ProtParticlePicking, FewShotProtBase):
             errors.append(f"The model is a '{model.getKind()}' model; a pretrained (or "
                           f"fine-tuned) picking model is needed.")
         size = self.inputSize.get()
-        patch = 8 if self._modelSizeName() == "tiny" else 16
+        patch = 8 if self._modelSizeName() in ("tiny", "micro") else 16  # the engine's
         if size and (size % patch or size < 2 * patch):
             errors.append(f"The model input size {size} px must be a multiple of the "
                           f"{self._modelSizeName()} model's {patch} px patch and at least two "
