@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
 from ..config import PickConfig
 from ..errors import InputError
-from ..picking.threshold import choose_cutoff
+from ..picking.threshold import resolved_rule
 from ..picking.run import apply_global_quantile, score_all, write_pick_outputs
 from .common import (add_config_argument, expand_images, log, progress, start_run,
                      write_summary)
@@ -50,8 +48,10 @@ def add_parser(sub) -> None:
     p.add_argument("--shoulder-dip", type=float,
                    help="the dip, as a share of the lower peak's height above the map's "
                         "median, that makes two peaks two particles (default 0.4)")
-    p.add_argument("--threshold", help="auto (= gmm: a 2- or 3-class mixture of each "
-                                       "micrograph's scores, default), otsu2 (two-level "
+    p.add_argument("--threshold", help="auto (default: a mixture of 2 to 4 classes of each "
+                                       "micrograph's scores, the particle class placed where "
+                                       "the exemplars score each other), gmm (a 2- or "
+                                       "3-class mixture chosen by BIC), otsu2 (two-level "
                                        "Otsu), density (CryoMAE's cutoff), quantile (one "
                                        "global cut) or a score")
     p.add_argument("--k", type=int, help="neighbours of the density cutoff (default 10)")
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     cfg, out = start_run("pick", PickConfig, args, FLAGS)
     if not cfg.model:
         raise InputError("A model is required (--model, the folder of a 'train' run).")
-    choose_cutoff(np.empty(0), cfg.threshold)  # refuses an unknown rule before any work
+    resolved_rule(cfg.threshold)  # refuses an unknown rule before any work
     if cfg.coarse < 1:
         raise InputError(f"--coarse {cfg.coarse}: must be 1 (every window) or more.")
     if cfg.coarse > 2:

@@ -10,7 +10,7 @@ from ..data.regions import Preprocess
 from .cascade import pick_with_student
 from .peaks import find_peaks, suppress_shoulders
 from .scoring import ScoreMap, score_micrograph
-from .threshold import choose_cutoff
+from .threshold import choose_cutoff, resolved_rule
 
 
 @dataclass
@@ -22,6 +22,8 @@ class Candidates:
     cutoff: float = -np.inf
     seconds: float = 0.0      # reading, scoring and peak finding of this micrograph
     box: float = 0.0          # particle box, px (for plots)
+    rule: str = ""            # the cutoff rule applied (``auto`` resolved)
+    anchor: float = float("nan")  # exemplars' median leave-one-out cosine (nan: unknown)
 
     def kept(self) -> tuple:
         """Positions and scores above the cutoff."""
@@ -64,15 +66,19 @@ def pick_micrograph(model, bank, image: np.ndarray, pre: Preprocess, cfg: PickCo
     encoder's full score map (:func:`~fewshotpicker.picking.cascade.pick_with_student`).
     """
     stride = cfg.stride or default_stride(pre.box)
+    anchor = bank.anchor()
     if student is not None and cfg.student > 0:
         rule = "auto" if cfg.threshold == "quantile" else cfg.threshold
         cands = pick_with_student(model, student, bank, image, pre, stride, cfg.student, device,
                                   batch, lambda m: find_candidates(m, image.shape, pre.box, cfg),
-                                  cfg.precision, lambda s: choose_cutoff(s, rule, cfg.k))
+                                  cfg.precision, lambda s: choose_cutoff(s, rule, cfg.k,
+                                                                         anchor=anchor))
     else:
         score_map = score_micrograph(model, bank, image, pre, stride, device, batch,
                                      cfg.precision, cfg.coarse)
         cands = find_candidates(score_map, image.shape, pre.box, cfg)
     if cfg.threshold != "quantile":
-        cands.cutoff = choose_cutoff(cands.scores, cfg.threshold, cfg.k)
+        cands.cutoff = choose_cutoff(cands.scores, cfg.threshold, cfg.k, anchor=anchor)
+    cands.rule = resolved_rule(cfg.threshold, anchor, len(cands.scores))
+    cands.anchor = float("nan") if anchor is None else anchor
     return cands

@@ -153,7 +153,9 @@ def write_pick_outputs(results: Dict[str, object], cfg: PickConfig, out_dir: Pat
         xy, scores = res.kept()
         frames.append(make_coordinates(name, xy, scores))
         key = micrograph_key(name)
-        record = {"micrograph": name, "cutoff": res.cutoff, "candidates": int(len(res.scores)),
+        record = {"micrograph": name, "cutoff": res.cutoff, "rule": res.rule,
+                  "exemplar_anchor": None if np.isnan(res.anchor) else round(res.anchor, 6),
+                  "candidates": int(len(res.scores)),
                   "picks": int(len(scores)), "stride_px": res.score_map.stride_px,
                   "windows_scored": round(res.score_map.scored, 4),
                   "histogram": _histogram(res)}
@@ -164,7 +166,7 @@ def write_pick_outputs(results: Dict[str, object], cfg: PickConfig, out_dir: Pat
             plot_picks(read_image(name).data, res.score_map, xy, res.box,
                        out_dir / "thresholds" / f"{key}_picks.png",
                        title=f"{key}: {len(xy)} picks above {res.cutoff:.3f}")
-        summary[name] = {"picks": record["picks"], "cutoff": res.cutoff,
+        summary[name] = {"picks": record["picks"], "cutoff": res.cutoff, "rule": res.rule,
                          "seconds": round(res.seconds, 3)}
     frames = [f for f in frames if len(f)]
     picks = pd.concat(frames, ignore_index=True) if frames else empty_coordinates()

@@ -66,9 +66,12 @@ class Bank:
 
     Features are compared after subtracting ``centre`` (the mean background
     feature stored by training; zero for a model trained without centring).
+    ``exemplars``: how many exemplars the ``k`` columns are views of (column
+    ``j`` shows exemplar ``j % exemplars``); 0 when the checkpoint does not say.
     """
     matrix: torch.Tensor
     centre: torch.Tensor
+    exemplars: int = 0
 
     @classmethod
     def from_payload(cls, payload: dict, device: torch.device) -> "Bank":
@@ -76,7 +79,29 @@ class Bank:
         centre = payload.get("centre")
         centre = torch.zeros(bank.shape[1]) if centre is None else centre.float()
         matrix = F.normalize(bank - centre, dim=-1).T.contiguous()
-        return cls(matrix.to(device), centre.to(device))
+        n = int(payload.get("n_exemplars") or 0)
+        n = n if n > 0 and len(bank) % n == 0 else 0
+        return cls(matrix.to(device), centre.to(device), n)
+
+    def leave_one_out(self) -> np.ndarray:
+        """Each exemplar's score against the others' views: ``(exemplars,)`` cosines.
+
+        The score a particle the model was not shown would get; empty when
+        fewer than two exemplars are known.
+        """
+        n = self.exemplars
+        if n < 2:
+            return np.empty(0)
+        m = self.matrix.float().cpu()
+        cos = m[:, :n].T @ m                                    # (n, k)
+        same = torch.arange(m.shape[1])[None, :] % n == torch.arange(n)[:, None]
+        return cos.masked_fill(same, -2.0).max(dim=1).values.numpy()
+
+    def anchor(self) -> float | None:
+        """Median leave-one-out cosine of the exemplars (``None`` without them): where the
+        automatic cutoff expects the particle class (:func:`~.threshold.anchored_cutoff`)."""
+        loo = self.leave_one_out()
+        return float(np.median(loo)) if len(loo) else None
 
 
 @torch.no_grad()

@@ -141,6 +141,10 @@ def test_demo_main_job_writes_picks_report_and_scores(tmp_path, capsys):
                  "pretrain/model.pt", "train/losses.png", "picks_example.png",
                  "picks/thresholds/mic_001.png", "evaluation_fewshot/precision_recall.png"):
         assert (tmp_path / path).exists(), path
+    # the fine-tuned model knows its exemplars, so the automatic cutoff can be anchored
+    record = json.loads((tmp_path / "picks" / "thresholds" / "mic_001.json").read_text())
+    assert -1.0 <= record["exemplar_anchor"] <= 1.0
+    assert record["rule"] == ("anchored" if record["candidates"] >= 75 else "gmm")
 
 
 def test_inspect_describes_a_checkpoint_and_refuses_other_files(tmp_path, capsys):

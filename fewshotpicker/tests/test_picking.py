@@ -17,9 +17,9 @@ from fewshotpicker.picking.picker import Candidates, default_stride, find_candid
 from fewshotpicker.picking.scoring import (Bank, ScoreMap, fill_unscored, refine_seeds,
                                            score_coarse_to_fine, score_grid, score_micrograph,
                                            window_grid)
-from fewshotpicker.picking.threshold import (choose_cutoff, density_cutoff, gmm_cutoff,
-                                             otsu2_cutoff,
-                                             otsu_threshold)
+from fewshotpicker.picking.threshold import (anchored_cutoff, choose_cutoff, density_cutoff,
+                                             gmm_cutoff, otsu2_cutoff, otsu_threshold,
+                                             resolved_rule)
 from fewshotpicker.training.common import model_payload
 
 
@@ -106,11 +106,61 @@ def test_gmm_cutoff_separates_the_top_mode_with_or_without_a_middle_class(with_t
     assert gmm_cutoff(np.tanh(particles[:5])) == -np.inf  # too few to model
 
 
+def test_anchored_cutoff_leaves_out_a_near_particle_class_the_exemplars_do_not_reach():
+    """Low SNR: background peaks near particles form a class just below them."""
+    rng = np.random.default_rng(3)
+    background = rng.normal(-1.5, 0.3, 600)                 # z-space
+    near = rng.normal(2.2, 0.12, 200)                       # false peaks, close below
+    particles = rng.normal(2.8, 0.12, 150)
+    scores = np.tanh(np.concatenate([background, near, particles]))
+    cut = np.arctanh(anchored_cutoff(scores, anchor=np.tanh(2.8)))
+    assert np.mean(particles > cut) > 0.95
+    assert np.mean(near > cut) < 0.05 and np.mean(background > cut) == 0.0
+    # exemplars scoring like the near class say it is made of particles: it is kept
+    cut = np.arctanh(anchored_cutoff(scores, anchor=np.tanh(2.45)))
+    assert np.mean(near > cut) > 0.9 and np.mean(background > cut) == 0.0
+    assert anchored_cutoff(scores[:5], anchor=0.99) == -np.inf  # too few to model
+
+
+def test_anchored_cutoff_keeps_the_lower_tail_of_particles_the_exemplars_share():
+    """High SNR: off-centre particles score a little lower; the exemplars do too."""
+    rng = np.random.default_rng(4)
+    background = rng.normal(-2.2, 0.1, 600)
+    particles = np.concatenate([rng.normal(3.3, 0.12, 150), rng.normal(2.8, 0.15, 80)])
+    scores = np.tanh(np.concatenate([background, particles]))
+    cut = np.arctanh(anchored_cutoff(scores, anchor=np.tanh(np.median(particles))))
+    assert np.mean(particles > cut) > 0.97 and np.mean(background > cut) == 0.0
+
+
+def test_bank_leave_one_out_scores_each_exemplar_against_the_others_views():
+    views = torch.tensor([[1.0, 0, 0], [0.6, 0.8, 0], [0, 0, 1.0],      # view 1 of 0, 1, 2
+                          [0.8, 0, 0.6], [0, 1.0, 0], [0, 0.6, 0.8]])   # view 2 of 0, 1, 2
+    bank = Bank.from_payload({"bank": views, "n_exemplars": 3}, torch.device("cpu"))
+    # exemplar 0 (1,0,0) against 1's views: 0.6, 0; 2's: 0, 0 -> 0.6
+    # exemplar 1 (0.6,0.8,0) against 0's: 0.6, 0.48; 2's: 0, 0.48 -> 0.6
+    # exemplar 2 (0,0,1) against 0's: 0, 0.6; 1's: 0, 0 -> 0.6 ... and 2's own 0.8 is excluded
+    np.testing.assert_allclose(bank.leave_one_out(), [0.6, 0.6, 0.6], atol=1e-6)
+    assert bank.anchor() == pytest.approx(0.6)
+    # a checkpoint that does not say how many exemplars (or cannot be split) has no anchor
+    assert Bank.from_payload({"bank": views}, torch.device("cpu")).anchor() is None
+    assert Bank.from_payload({"bank": views, "n_exemplars": 4}, torch.device("cpu")).exemplars == 0
+
+
 def test_choose_cutoff_rules():
     s = np.linspace(0, 1, 101)
     assert choose_cutoff(s, "0.25") == 0.25
     assert choose_cutoff(s, "quantile", quantile=0.9) == pytest.approx(0.9)
-    assert choose_cutoff(s, "auto") == choose_cutoff(s, "gmm")
+    assert choose_cutoff(s, "auto") == choose_cutoff(s, "gmm")  # no exemplars known
+    assert choose_cutoff(s, "auto", anchor=0.8) == anchored_cutoff(s, 0.8)
+    assert choose_cutoff(s, "gmm", anchor=0.8) == gmm_cutoff(s)
+    assert [resolved_rule(r, a) for r, a in [("auto", 0.9), ("auto", None), ("gmm", 0.9),
+                                             ("0.3", None), (0.3, None)]] == \
+        ["anchored", "gmm", "gmm", "fixed", "fixed"]
+    # too few candidates for three classes of 25: the BIC mixture decides
+    few = s[::2]
+    assert resolved_rule("auto", 0.8, len(few)) == "gmm" and resolved_rule("auto", 0.8, 75) == \
+        "anchored"
+    assert choose_cutoff(few, "auto", anchor=0.8) == gmm_cutoff(few)
     with pytest.raises(InputError, match="not one of auto, gmm, otsu2, density, quantile"):
         choose_cutoff(s, "median")
 
@@ -152,7 +202,9 @@ def test_a_bad_micrograph_is_reported_and_the_others_are_picked(random_model, tm
     summary = pick_run.write_pick_outputs(results, cfg, tmp_path / "out")
     assert list(summary["failed"]) == [str(bad)]
     assert (tmp_path / "out" / "autopick.star").exists()
-    assert (tmp_path / "out" / "thresholds" / "m0.json").exists()
+    record = json.loads((tmp_path / "out" / "thresholds" / "m0.json").read_text())
+    # this model does not say how many exemplars its bank holds: the BIC mixture decides
+    assert record["rule"] == "gmm" and record["exemplar_anchor"] is None
 
 
 def test_candidates_table_holds_every_peak_and_picks_are_its_top(random_model, tmp_path):
@@ -314,6 +366,9 @@ def test_command_speed_model_picks_and_the_per_micrograph_cost_is_the_difference
                  str(tmp_path / "cascade"), "--device", "cpu", "--student", "0.4"]) == 0
     record = json.loads((tmp_path / "cascade" / "thresholds" / "noise_000.json").read_text())
     assert 0 < record["windows_scored"] < 0.5 and record["candidates"] > 0
+    # the exemplars' anchor is known, but too few candidates for three classes of 25
+    assert -1.0 <= record["exemplar_anchor"] <= 1.0
+    assert record["rule"] == ("anchored" if record["candidates"] >= 75 else "gmm")
     # 10 s for one micrograph, 16 s for four: 2 s per further micrograph
     assert cs.per_further(10.0, 16.0, 4) == 2.0
     assert np.isnan(cs.per_further(10.0, 10.0, 1))

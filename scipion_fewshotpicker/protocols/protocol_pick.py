@@ -13,7 +13,8 @@ from ..constants import MODEL_FINETUNED
 from ..convert import addPicks, linkMicrographs, micKey, readPicks
 from .protocol_base import FewShotProtBase
 
-THRESHOLDS = ["auto", "otsu2", "density", "fixed"]
+# appended, never reordered: saved projects store the index
+THRESHOLDS = ["auto", "otsu2", "density", "fixed", "gmm"]
 SCORING = ["every window", "coarse to fine", "student cascade"]
 
 
@@ -33,10 +34,13 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
                       help="The output of FewShotProtTrain (or an imported fine-tuned model).")
         form.addParam("thresholdMode", params.EnumParam, choices=THRESHOLDS, default=0,
                       label="Cutoff",
-                      help="auto: where a 2- or 3-class mixture of each micrograph's scores "
-                           "stops favouring the particle class (recommended); otsu2: two-level "
-                           "Otsu; density: CryoMAE's density-based cutoff; fixed: one score "
-                           "for all micrographs.")
+                      help="auto: where a mixture of 2 to 4 classes of each micrograph's "
+                           "scores stops favouring the particle class, the mixture chosen "
+                           "whose particle class lies where the exemplars score each other "
+                           "(recommended); otsu2: two-level Otsu; density: CryoMAE's "
+                           "density-based cutoff; fixed: one score for all micrographs; gmm: "
+                           "a 2- or 3-class mixture chosen by BIC (the automatic cutoff of "
+                           "earlier versions).")
         form.addParam("threshold", params.FloatParam, default=0.5,
                       condition="thresholdMode == 3", label="Score cutoff",
                       help="Cosine similarity (-1..1) a pick must exceed.")
