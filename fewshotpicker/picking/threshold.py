@@ -148,6 +148,11 @@ def gmm_cutoff(scores: np.ndarray, max_components: int = 3, min_candidates: int 
 # candidates per mixture class the anchored cutoff asks for: with fewer, a 4-class fit of the
 # ~45 candidates of a small test micrograph followed noise (F1 0.71 against 0.80 by BIC)
 PER_CLASS = 25
+# top-class means nearer the anchor than this (Fisher z, about a quarter of a particle class's
+# spread) do not tell mixtures apart; of those the fewest classes is kept (a 4-class fit whose
+# top mean was 0.05 nearer than the 3-class one cut the particles' lower tail: default
+# simulated set F1 0.929 and 0.932 against 0.943 for two of three exemplar draws)
+ANCHOR_TOLERANCE = 0.05
 
 
 def anchored_cutoff(scores: np.ndarray, anchor: float, components: tuple = (2, 3, 4),
@@ -159,17 +164,19 @@ def anchored_cutoff(scores: np.ndarray, anchor: float, components: tuple = (2, 3
     model puts a particle it was not shown. Of the mixtures with each number of
     ``components`` that has ``PER_CLASS`` candidates per class (in Fisher
     z-space) the one whose top component's mean lies closest to the anchor is
-    kept; with fewer than two such mixtures the BIC rule (:func:`gmm_cutoff`)
-    decides.
+    kept, or the one with fewest components among those within
+    ``ANCHOR_TOLERANCE`` of that distance; with fewer than two such mixtures
+    the BIC rule (:func:`gmm_cutoff`) decides.
     """
     z = fisher_z(scores)
-    allowed = tuple(k for k in components if len(z) >= PER_CLASS * k)
+    allowed = tuple(sorted(k for k in components if len(z) >= PER_CLASS * k))
     if len(allowed) < 2 or np.ptp(z) == 0:
         return gmm_cutoff(scores, seed=seed)
     target = float(fisher_z(np.array([anchor]))[0])
-    best = min(fit_mixtures(z, allowed, seed),
-               key=lambda g: abs(float(g.means_[:, 0].max()) - target))
-    return float(np.tanh(top_component_cutoff(best, z)))
+    fits = fit_mixtures(z, allowed, seed)
+    dist = [abs(float(g.means_[:, 0].max()) - target) for g in fits]
+    chosen = next(g for g, d in zip(fits, dist) if d <= min(dist) + ANCHOR_TOLERANCE)
+    return float(np.tanh(top_component_cutoff(chosen, z)))
 
 
 RULES = ("auto", "gmm", "otsu2", "density", "quantile")

@@ -132,6 +132,21 @@ def test_anchored_cutoff_keeps_the_lower_tail_of_particles_the_exemplars_share()
     assert np.mean(particles > cut) > 0.97 and np.mean(background > cut) == 0.0
 
 
+def test_anchored_cutoff_keeps_the_fewer_classes_when_the_anchor_cannot_tell(monkeypatch):
+    """Default SNR: a 4-class fit splits the particles and its top mean is only 0.05 nearer
+    the anchor than the 2- and 3-class fits' (z 3.21 against 3.09, anchor 3.16)."""
+    from fewshotpicker.picking import threshold
+    rng = np.random.default_rng(1)
+    background = np.concatenate([rng.normal(-2.0, 0.3, 450), rng.normal(-0.5, 0.8, 120)])
+    particles = np.concatenate([rng.normal(3.22, 0.15, 150), rng.normal(2.7, 0.2, 40)])
+    scores = np.tanh(np.concatenate([background, particles]))
+    cut = np.arctanh(anchored_cutoff(scores, anchor=np.tanh(3.16)))
+    assert np.mean(particles > cut) > 0.99 and np.mean(background > cut) < 0.005
+    monkeypatch.setattr(threshold, "ANCHOR_TOLERANCE", 0.0)   # the nearest top mean alone
+    cut = np.arctanh(anchored_cutoff(scores, anchor=np.tanh(3.16)))
+    assert np.mean(particles > cut) < 0.8                        # cuts the lower tail
+
+
 def test_bank_leave_one_out_scores_each_exemplar_against_the_others_views():
     views = torch.tensor([[1.0, 0, 0], [0.6, 0.8, 0], [0, 0, 1.0],      # view 1 of 0, 1, 2
                           [0.8, 0, 0.6], [0, 1.0, 0], [0, 0.6, 0.8]])   # view 2 of 0, 1, 2
