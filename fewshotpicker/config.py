@@ -242,7 +242,6 @@ class PickConfig:
     stride: float = 0.0               # px between windows (0 = box / 5, the paper's 28 for ~150)
     coarse: int = 1                   # 2 = fast: every 2nd window first, the rest only near its peaks
     student: float = 0.0              # > 0: the student cascade, re-scoring this share of its peaks
-    student_refine: bool = False      # cascade: re-scored peaks move to the best window a step away (5x passes)
     min_distance: float = 0.0         # px between picks (0 = the particle radius, box / 2)
     shoulder_reach: float = 1.5       # boxes: drop a peak on the flank of a higher one this near (0 = off)
     shoulder_dip: float = 0.4         # ... unless the score falls by this share of its height between them

@@ -69,7 +69,6 @@ class BenchSettings:
     device: str = "cpu"
     fast: bool = True             # also our fast setting (pick --coarse 2), same model
     student: float = 0.4          # also the student cascade (pick --student 0.4); 0 = not
-    student_refine: bool = True   # ... and the cascade with --student-refine
     # also a model fine-tuned at this smaller input (train --input-size; 3/4 of the tiny
     # model's 64 px, about half the compute, as 160 px is for base), every window; 0 = not
     small_input: int = 48
@@ -120,15 +119,14 @@ def _engine(*args: str) -> List[str]:
 
 
 def pick_fewshot(model: Path, ds: Dataset, out: Path, device: str, coarse: int = 1,
-                 student: float = 0.0, refine: bool = False) -> dict:
+                 student: float = 0.0) -> dict:
     """Our picker on the test micrographs: kept picks, all candidates, time, memory, and
     the share of windows scored (below 1 in the fast settings, ``coarse`` 2 or a
-    ``student`` share, with ``refine`` the cascade's ``--student-refine``)."""
+    ``student`` share)."""
     seconds, rss = run_measured(_engine("pick", "--model", str(model), "--micrographs",
                                         *map(str, ds.test), "--out", str(out), "--device",
                                         device, "--candidates", "--coarse", str(coarse),
-                                        "--student", str(student),
-                                        *(["--student-refine"] if refine else [])),
+                                        "--student", str(student)),
                                 out.parent / "commands.log")
     summary = json.loads((out / "summary.json").read_text())
     shares = [json.loads(p.read_text())["windows_scored"]
@@ -224,10 +222,6 @@ def run_seed(ds: Dataset, seed: int, base: Path, pretrained: Path, st: BenchSett
     if st.student > 0:
         results[f"fewshot student (--student {st.student:g})"] = pick_fewshot(
             out / "train", ds, out / "fewshot_student", st.device, student=st.student)
-    if st.student > 0 and st.student_refine:
-        results[f"fewshot student refined (--student {st.student:g} --student-refine)"] = \
-            pick_fewshot(out / "train", ds, out / "fewshot_student_refine", st.device,
-                         student=st.student, refine=True)
     if st.small_input:
         small = out / f"train_input{st.small_input}"
         finetune(replace(train, input_size=st.small_input, student_steps=0), ds.train,

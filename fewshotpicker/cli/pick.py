@@ -17,7 +17,6 @@ from .common import (add_config_argument, expand_images, log, progress, start_ru
                      write_summary)
 
 FLAGS = {"model": "model", "stride": "stride", "coarse": "coarse", "student": "student",
-         "student_refine": "student_refine",
          "min_distance": "min_distance",
          "shoulder_reach": "shoulder_reach", "shoulder_dip": "shoulder_dip",
          "threshold": "threshold", "k": "k", "quantile": "quantile",
@@ -42,11 +41,6 @@ def add_parser(sub) -> None:
                         "micrograph in one convolutional pass and the encoder re-scores this "
                         "share of its peaks, the best by the student's score (0.4 measured "
                         "best; a fiftieth of the encoder passes); 0 = off (default)")
-    p.add_argument("--student-refine", action="store_const", const=True,
-                   help="with --student, for faint data: the encoder also scores the four "
-                        "windows one stride away from each re-scored peak and the peak moves to "
-                        "the best (five times the encoder passes; F1 +0.012 at SNR 0.02 and "
-                        "+0.006 on the default simulated set, -0.010 among many lures)")
     p.add_argument("--min-distance", type=float, help="px between picks (default box / 2)")
     p.add_argument("--shoulder-reach", type=float,
                    help="boxes: a peak on the flank of a higher peak this near is dropped "
@@ -98,9 +92,6 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= cfg.student <= 1:
         raise InputError(f"--student {cfg.student}: the share of the student's peaks the encoder "
                          f"re-scores must lie in [0, 1] (0 = off).")
-    if cfg.student_refine and not cfg.student:
-        log.warning("--student-refine only changes the student cascade (--student); "
-                    "it is ignored here.")
     if cfg.batch_size < 0:
         raise InputError(f"--batch-size {cfg.batch_size}: must be 0 (the device's default) or "
                          f"more windows.")

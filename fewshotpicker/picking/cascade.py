@@ -17,7 +17,6 @@ import torch
 from ..data.regions import Preprocess, crop_windows, prepare_micrograph
 from ..errors import InputError
 from ..models.student import ScoreStudent, pad_to_stride, sample_at
-from .peaks import suppress_close
 from .scoring import Bank, ScoreMap, grid_centres, score_windows
 
 
@@ -68,29 +67,6 @@ def encoder_scores(model, bank: Bank, prepared: torch.Tensor, xy: np.ndarray, sc
                       for i in range(0, len(windows), batch)]).cpu().numpy().astype(float)
 
 
-def best_nearby(model, bank: Bank, prepared: torch.Tensor, xy: np.ndarray, scale: float,
-                size: int, batch: int, precision: str = "auto", reach: float = 0.0) -> tuple:
-    """The encoder's scores of windows centred on ``xy`` ``(n, 2)`` (micrograph px); with
-    ``reach`` > 0 (prepared px) also of the four windows that far away along x and y, each
-    candidate moving to the best of its five. Returns ``(xy (n, 2), scores (n,))``.
-
-    The student's peaks are good to about a quarter box, and the fine-tuned encoder's score
-    falls off within a grid step of a particle's centre, so at low contrast a particle
-    proposed a step off centre can score like background; one step in each direction finds
-    the centre again, at five times the encoder passes."""
-    if reach <= 0 or len(xy) == 0:
-        return xy, encoder_scores(model, bank, prepared, xy, scale, size, batch, precision)
-    steps = np.array([[0.0, 0.0], [1, 0], [-1, 0], [0, 1], [0, -1]]) * reach / scale
-    h, w = prepared.shape
-    limit = np.array([w - 1, h - 1]) / scale
-    around = np.clip(xy[:, None, :] + steps[None], 0.0, limit)          # (n, 5, 2)
-    scores = encoder_scores(model, bank, prepared, around.reshape(-1, 2), scale, size, batch,
-                            precision).reshape(len(xy), len(steps))
-    best = scores.argmax(axis=1)
-    rows = np.arange(len(xy))
-    return around[rows, best], scores[rows, best]
-
-
 def mixed_scores(student: np.ndarray, rescored: np.ndarray, encoder: np.ndarray) -> np.ndarray:
     """The encoder's scores at the ``rescored`` indices, the student's elsewhere capped below
     the lowest encoder score: ``(n,)``."""
@@ -101,52 +77,41 @@ def mixed_scores(student: np.ndarray, rescored: np.ndarray, encoder: np.ndarray)
 
 def rescore_best(model, bank: Bank, prepared: torch.Tensor, xy: np.ndarray,
                  scores: np.ndarray, share: float, scale: float, size: int, batch: int,
-                 precision: str = "auto", cutoff=None, reach: float = 0.0) -> tuple:
+                 precision: str = "auto", cutoff=None) -> tuple:
     """Encoder scores for the best ``share`` of candidates ``xy`` ``(n, 2)`` (micrograph px)
     by their student ``scores`` ``(n,)``, and for each further tenth while the last tenth
     re-scored still held ``EXTEND_WHILE`` picks by ``cutoff(scores) -> float``; the others
-    keep theirs, capped below the lowest re-scored one (:func:`mixed_scores`). With
-    ``reach`` > 0 re-scored candidates move to their best nearby window (:func:`best_nearby`).
-    Returns ``(positions (n, 2), scores (n,), number re-scored)``."""
+    keep theirs, capped below the lowest re-scored one (:func:`mixed_scores`).
+    Returns ``(scores (n,), number re-scored)``."""
     n = len(scores)
     if n == 0:
-        return xy, scores, 0
-    xy = np.array(xy, dtype=float)
+        return scores, 0
     order = np.argsort(-scores, kind="stable")
     step = max(1, int(np.ceil(EXTEND_STEP * n)))
     done, target, encoder = 0, max(1, int(np.ceil(share * n))), np.empty(0)
     while True:
-        chunk = order[done:target]
-        xy[chunk], found = best_nearby(model, bank, prepared, xy[chunk], scale, size, batch,
-                                       precision, reach)
-        encoder = np.concatenate([encoder, found])
+        encoder = np.concatenate([encoder, encoder_scores(
+            model, bank, prepared, xy[order[done:target]], scale, size, batch, precision)])
         done = target
         mixed = mixed_scores(scores, order[:done], encoder)
         if done >= n or cutoff is None or \
                 np.mean(encoder[-step:] > cutoff(mixed)) < EXTEND_WHILE:
-            return xy, mixed, done
+            return mixed, done
         target = min(n, done + step)
 
 
 def pick_with_student(model, student: ScoreStudent, bank: Bank, image: np.ndarray,
                       pre: Preprocess, stride_px: float, share: float, device: torch.device,
-                      batch: int, find_candidates, precision: str = "auto", cutoff=None,
-                      refine: bool = False, min_distance: float = 0.0):
+                      batch: int, find_candidates, precision: str = "auto", cutoff=None):
     """Candidates of one micrograph ``(h, w)`` by the cascade (see module docstring);
     ``find_candidates(score_map)`` applies the peak rules, ``cutoff(scores)`` the
     micrograph's cutoff rule (which decides whether more candidates are re-scored).
-    ``refine``: re-scored candidates move to the best window one grid step away
-    (:func:`best_nearby`); of two that end up closer than ``min_distance`` (micrograph px)
-    the lower goes. Returns the candidates with ``score_map.scored`` = encoder passes /
-    grid windows."""
+    Returns the candidates with ``score_map.scored`` = re-scored windows / grid windows."""
     prepared = prepare_micrograph(image, pre, device)
     step = max(1, int(round(stride_px * pre.scale)))
     smap = student_map(student, prepared, pre.img_size, step, pre.scale)
     cands = find_candidates(smap)
-    xy, scores, n = rescore_best(model, bank, prepared, cands.xy, cands.scores, share,
-                                 pre.scale, pre.img_size, batch, precision, cutoff,
-                                 reach=step if refine else 0.0)
-    keep = np.sort(suppress_close(xy, scores, min_distance)) if refine else slice(None)
-    cands.xy, cands.scores = xy[keep], scores[keep]
-    smap.scored = n * (5 if refine else 1) / smap.scores.size
+    cands.scores, n = rescore_best(model, bank, prepared, cands.xy, cands.scores, share,
+                                   pre.scale, pre.img_size, batch, precision, cutoff)
+    smap.scored = n / smap.scores.size
     return cands

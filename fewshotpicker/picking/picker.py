@@ -51,16 +51,11 @@ def find_candidates(score_map: ScoreMap, shape: tuple, box: float, cfg: PickConf
                                cfg.shoulder_dip)
     ij, scores = ij[apart], scores[apart]
     xy = score_map.grid_to_micrograph(ij)
-    inside = inside_border(xy, shape, cfg.exclude_border)
-    return Candidates(xy[inside], scores[inside], score_map, box=box)
-
-
-def inside_border(xy: np.ndarray, shape: tuple, margin: float) -> np.ndarray:
-    """``(n,)`` True where ``xy`` ``(n, 2)`` (x, y, px) lies at least ``margin`` px inside a
-    micrograph of ``shape`` ``(h, w)``."""
     h, w = shape
-    return (xy[:, 0] >= margin) & (xy[:, 0] <= w - 1 - margin) & \
+    margin = cfg.exclude_border
+    inside = (xy[:, 0] >= margin) & (xy[:, 0] <= w - 1 - margin) & \
         (xy[:, 1] >= margin) & (xy[:, 1] <= h - 1 - margin)
+    return Candidates(xy[inside], scores[inside], score_map, box=box)
 
 
 def pick_micrograph(model, bank, image: np.ndarray, pre: Preprocess, cfg: PickConfig,
@@ -77,10 +72,7 @@ def pick_micrograph(model, bank, image: np.ndarray, pre: Preprocess, cfg: PickCo
         cands = pick_with_student(model, student, bank, image, pre, stride, cfg.student, device,
                                   batch, lambda m: find_candidates(m, image.shape, pre.box, cfg),
                                   cfg.precision, lambda s: choose_cutoff(s, rule, cfg.k,
-                                                                         anchor=anchor),
-                                  cfg.student_refine, cfg.min_distance or pre.box / 2.0)
-        inside = inside_border(cands.xy, image.shape, cfg.exclude_border)
-        cands.xy, cands.scores = cands.xy[inside], cands.scores[inside]
+                                                                         anchor=anchor))
     else:
         score_map = score_micrograph(model, bank, image, pre, stride, device, batch,
                                      cfg.precision, cfg.coarse)

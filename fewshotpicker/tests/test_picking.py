@@ -384,15 +384,6 @@ def test_command_speed_model_picks_and_the_per_micrograph_cost_is_the_difference
     # the exemplars' anchor is known, but too few candidates for three classes of 25
     assert -1.0 <= record["exemplar_anchor"] <= 1.0
     assert record["rule"] == ("anchored" if record["candidates"] >= 75 else "gmm")
-    # --student-refine: five windows per re-scored peak (at least 40% of the peaks are
-    # re-scored, at most all of them: at least twice the plain cascade's windows)
-    assert main(["pick", "--model", str(model), "--micrographs", str(mics[0]), "--out",
-                 str(tmp_path / "refined"), "--device", "cpu", "--student", "0.4",
-                 "--student-refine"]) == 0
-    refined = json.loads((tmp_path / "refined" / "thresholds" / "noise_000.json").read_text())
-    assert json.loads((tmp_path / "refined" / "config.json").read_text())["config"][
-        "student_refine"] is True
-    assert refined["windows_scored"] >= 2 * record["windows_scored"]
     # 10 s for one micrograph, 16 s for four: 2 s per further micrograph
     assert cs.per_further(10.0, 16.0, 4) == 2.0
     assert np.isnan(cs.per_further(10.0, 10.0, 1))

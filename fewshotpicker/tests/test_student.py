@@ -6,8 +6,7 @@ import torch
 from fewshotpicker.data.regions import Preprocess, crop_windows
 from fewshotpicker.errors import InputError
 from fewshotpicker.models.student import ScoreStudent, pad_to_stride, sample_at
-from fewshotpicker.picking.cascade import (best_nearby, load_student, pick_with_student,
-                                           rescore_best)
+from fewshotpicker.picking.cascade import load_student, pick_with_student, rescore_best
 from fewshotpicker.picking.scoring import Bank, score_windows
 from fewshotpicker.tests.test_picking import CentreModel
 from fewshotpicker.training.distil import teacher_targets, train_student, turn
@@ -88,9 +87,9 @@ def test_only_rescored_candidates_can_stand_above_the_rescored_minimum():
     prepared = torch.as_tensor(blobs([(40, 40)], shape=(80, 80)))
     xy = np.array([[40.0, 40.0], [20.0, 60.0], [60.0, 20.0], [60.0, 60.0]])
     student_scores = np.array([0.9, 0.8, 0.95, 0.1])
-    moved, scores, n = rescore_best(CentreModel(), BANK, prepared, xy, student_scores, 0.5, 1.0,
-                                    16, 64, "fp32")
-    assert n == 2 and np.array_equal(moved, xy)
+    scores, n = rescore_best(CentreModel(), BANK, prepared, xy, student_scores, 0.5, 1.0,
+                             16, 64, "fp32")
+    assert n == 2
     direct = score_windows(CentreModel(), crop_windows(prepared, torch.tensor([[40.0, 40.0]]),
                                                        16)[:, 0], BANK, "fp32")
     assert scores[0] == pytest.approx(float(direct[0]), abs=1e-5) and scores[0] > 0.5
@@ -114,42 +113,7 @@ def test_the_encoder_goes_on_while_the_last_tenth_still_holds_picks(particles, e
     xy = np.array([(24.0 + 40 * (i % 5), 24.0 + 40 * (i // 5)) for i in range(20)])
     image = torch.as_tensor(blobs(xy[:particles], shape=(176, 216)))
     student_scores = np.linspace(1.0, 0.0, 20)
-    _, scores, n = rescore_best(CentreModel(), BANK, image, xy, student_scores, 0.4, 1.0, 16,
-                                64, "fp32", cutoff=lambda s: 0.3)
+    scores, n = rescore_best(CentreModel(), BANK, image, xy, student_scores, 0.4, 1.0, 16, 64,
+                             "fp32", cutoff=lambda s: 0.3)
     assert n == expected
     assert np.all(scores[:particles] > 0.3) and np.all(scores[particles:] <= 0.3)
-
-
-def test_a_candidate_one_step_off_centre_moves_onto_the_blob():
-    # blob at (40, 40) on a 2x-scaled grid: candidates given in micrograph px (scale 2), one
-    # 3 prepared px to the right of the blob, one on it, one on empty ground
-    prepared = torch.as_tensor(blobs([(40, 40)], shape=(80, 96)))
-    xy = np.array([[21.5, 20.0], [20.0, 20.0], [38.0, 10.0]])
-    stay, plain = best_nearby(CentreModel(), BANK, prepared, xy, 2.0, 16, 64, "fp32")
-    moved, refined = best_nearby(CentreModel(), BANK, prepared, xy, 2.0, 16, 64, "fp32",
-                                 reach=3.0)
-    np.testing.assert_allclose(stay, xy)
-    np.testing.assert_allclose(moved[:2], [[20.0, 20.0], [20.0, 20.0]])
-    assert refined[0] == pytest.approx(plain[1], abs=1e-6) and refined[0] > plain[0] + 0.05
-    assert np.all(refined >= plain - 1e-9)
-
-
-def test_refined_cascade_keeps_one_pick_per_blob_and_scores_five_windows_each(student):
-    from fewshotpicker.config import PickConfig
-    from fewshotpicker.picking.picker import find_candidates
-    truth = np.array([(50.0, 100.0), (130.0, 45.0), (120.0, 120.0)])
-    image = blobs(truth, seed=3)
-
-    def cascade(refine):
-        return pick_with_student(CentreModel(), student[0], BANK, image, PRE, 2.0, 0.3,
-                                 torch.device("cpu"), 256,
-                                 lambda m: find_candidates(m, image.shape, PRE.box,
-                                                           PickConfig(model="x")),
-                                 refine=refine, min_distance=PRE.box / 2)
-    plain, refined = cascade(False), cascade(True)
-    assert refined.score_map.scored == pytest.approx(5 * plain.score_map.scored)
-    top = refined.xy[np.argsort(-refined.scores)[:3]]
-    assert np.linalg.norm(top[:, None] - truth[None], axis=-1).min(axis=1).max() <= PRE.box / 4
-    assert np.sort(refined.scores)[-3:].min() >= np.sort(plain.scores)[-3:].min() - 1e-6
-    gaps = np.linalg.norm(refined.xy[:, None] - refined.xy[None], axis=-1)
-    assert gaps[~np.eye(len(gaps), dtype=bool)].min() >= PRE.box / 2 - 1e-6

@@ -64,15 +64,6 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
                            "model re-scores; only those can become picks. 0.4 measured best "
                            "(0.3 lost particles on crowded micrographs, 0.6 let more noise "
                            "through at low SNR).")
-        form.addParam("studentRefine", params.BooleanParam, default=False,
-                      condition="scoring == 2", expertLevel=params.LEVEL_ADVANCED,
-                      label="Refine re-scored peaks?",
-                      help="For faint micrographs: the model also scores the four windows one "
-                           "stride away from each re-scored peak and the pick moves to the "
-                           "best. Five times the model passes of the cascade; recovers "
-                           "particles the student proposed a little off centre (F1 +0.012 at "
-                           "SNR 0.02, -0.010 among many lures; README, 'The student cascade at "
-                           "low contrast').")
         form.addParam("minDistance", params.FloatParam, default=0.0,
                       expertLevel=params.LEVEL_ADVANCED, label="Minimum distance (px)",
                       help="Between two picks; 0 = the particle radius (half the box).")
@@ -124,7 +115,6 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
                 "coarse": 2 if SCORING[self.scoring.get()] == "coarse to fine" else 1,
                 "student": self.studentShare.get()
                 if SCORING[self.scoring.get()] == "student cascade" else 0.0,
-                "student_refine": bool(self.studentRefine.get()),
                 "min_distance": self.minDistance.get(),
                 "shoulder_reach": self.shoulderReach.get(),
                 "threshold": str(self.threshold.get()) if mode == "fixed" else mode,
