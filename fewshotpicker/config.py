@@ -245,6 +245,8 @@ class PickConfig:
     min_distance: float = 0.0         # px between picks (0 = the particle radius, box / 2)
     shoulder_reach: float = 1.5       # boxes: drop a peak on the flank of a higher one this near (0 = off)
     shoulder_dip: float = 0.4         # ... unless the score falls by this share of its height between them
+    max_contrast: float = 2.5         # drop peaks whose window's standard deviation exceeds this many
+                                      # times the exemplars' median (ice, carbon, aggregates); 0 = off
     threshold: str = "auto"           # auto (anchored mixture) | gmm | otsu2 | density (CryoMAE) | quantile | number
     k: int = 10                       # neighbours of the density cutoff
     quantile: float = 0.9             # global quantile of candidate scores when threshold=quantile

@@ -19,6 +19,7 @@ from .common import (add_config_argument, expand_images, log, progress, start_ru
 FLAGS = {"model": "model", "stride": "stride", "coarse": "coarse", "student": "student",
          "min_distance": "min_distance",
          "shoulder_reach": "shoulder_reach", "shoulder_dip": "shoulder_dip",
+         "max_contrast": "max_contrast",
          "threshold": "threshold", "k": "k", "quantile": "quantile",
          "exclude_border": "exclude_border", "batch_size": "batch_size", "device": "device",
          "precision": "precision", "compile": "compile", "plots": "plots",
@@ -48,6 +49,11 @@ def add_parser(sub) -> None:
     p.add_argument("--shoulder-dip", type=float,
                    help="the dip, as a share of the lower peak's height above the map's "
                         "median, that makes two peaks two particles (default 0.4)")
+    p.add_argument("--max-contrast", type=float,
+                   help="drop peaks whose window's standard deviation (before normalisation) "
+                        "exceeds this many times the exemplars' median: ice crystals, carbon "
+                        "edges and aggregates, which the model can mistake for particles "
+                        "(RELION's 'max stddev noise', set by the exemplars; default 2.5; 0 = off)")
     p.add_argument("--threshold", help="auto (default: a mixture of 2 to 4 classes of each "
                                        "micrograph's scores, the particle class placed where "
                                        "the exemplars score each other), gmm (a 2- or "
@@ -99,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--shoulder-reach {cfg.shoulder_reach} / --shoulder-dip "
                          f"{cfg.shoulder_dip}: the reach must be 0 (off) or more boxes and the "
                          f"dip a share of the peak's height in (0, 1].")
+    if cfg.max_contrast < 0 or 0 < cfg.max_contrast < 1:
+        raise InputError(f"--max-contrast {cfg.max_contrast}: must be 0 (off) or at least 1 "
+                         f"(times the exemplars' window contrast; 2.5 by default).")
     results = score_all(cfg, mics, lambda it, total: progress(it, "pick", total))
     good = [r for r in results.values() if not isinstance(r, str)]
     if not good:
@@ -110,8 +119,11 @@ def run(args: argparse.Namespace) -> int:
     summary = write_pick_outputs(results, cfg, out)
     write_summary(out, summary)
     counts = [m["picks"] for m in summary["micrographs"].values()]
-    log.info("%d picks on %d micrographs (%.1f per micrograph)%s; index %s",
+    dropped = sum(m["dropped_for_contrast"] for m in summary["micrographs"].values())
+    log.info("%d picks on %d micrographs (%.1f per micrograph)%s%s; index %s",
              summary["n_picks"], len(counts), sum(counts) / max(1, len(counts)),
+             f", {dropped} high-contrast peaks (ice, carbon, aggregates) dropped"
+             if dropped else "",
              f", {len(summary['failed'])} failed" if summary["failed"] else "",
              out / "autopick.star")
     return 0

@@ -88,13 +88,10 @@ def normalize_regions(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / (std + 1e-6)
 
 
-def crop_windows(prepared: torch.Tensor, centres: torch.Tensor, size: int) -> torch.Tensor:
-    """Cut ``size x size`` windows centred on ``centres`` from a prepared image.
-
-    prepared: ``(h, w)``; centres: ``(n, 2)`` (x, y) in prepared-image pixels.
-    Windows that cross the border are filled by reflection. Returns
-    ``(n, 1, size, size)`` normalised per region.
-    """
+def crop_raw(prepared: torch.Tensor, centres: torch.Tensor, size: int) -> torch.Tensor:
+    """Cut ``size x size`` windows centred on ``centres`` ``(n, 2)`` (x, y), prepared-image px,
+    from ``prepared`` ``(h, w)``, as they are: ``(n, size, size)``. Windows that cross the
+    border are filled by reflection."""
     half = size // 2
     padded = F.pad(prepared[None, None], (half + 1, half + 1, half + 1, half + 1),
                    mode="reflect")[0, 0]
@@ -102,8 +99,29 @@ def crop_windows(prepared: torch.Tensor, centres: torch.Tensor, size: int) -> to
     offs = torch.arange(size, device=prepared.device)
     rows = (corner[:, 1, None] + offs).clamp(0, padded.shape[0] - 1)
     cols = (corner[:, 0, None] + offs).clamp(0, padded.shape[1] - 1)
-    windows = padded[rows[:, :, None], cols[:, None, :]]
-    return normalize_regions(windows)[:, None]
+    return padded[rows[:, :, None], cols[:, None, :]]
+
+
+def crop_windows(prepared: torch.Tensor, centres: torch.Tensor, size: int) -> torch.Tensor:
+    """Windows of :func:`crop_raw`, normalised per region: ``(n, 1, size, size)``."""
+    return normalize_regions(crop_raw(prepared, centres, size))[:, None]
+
+
+def window_contrast_at(prepared: torch.Tensor, centres: torch.Tensor, size: int) -> torch.Tensor:
+    """Standard deviation ``(n,)`` of the windows of :func:`crop_raw`, before the per-window
+    normalisation: how strong a window's contrast is, in the prepared image's units (robust
+    standard deviations of its micrograph)."""
+    return crop_raw(prepared, centres, size).flatten(1).std(dim=1, unbiased=False)
+
+
+def window_contrast_grid(prepared: torch.Tensor, size: int, step: int) -> torch.Tensor:
+    """Standard deviation of every ``size x size`` window every ``step`` px of ``prepared``
+    ``(h, w)``, the grid of ``unfold`` (window ``(i, j)`` starts at ``(i, j) * step``):
+    ``(gy, gx)``, as :func:`window_contrast_at` measures it, by two average poolings."""
+    x = prepared[None, None].float()
+    mean = F.avg_pool2d(x, size, stride=step)
+    square = F.avg_pool2d(x * x, size, stride=step)
+    return (square - mean * mean).clamp_min(0.0).sqrt()[0, 0]
 
 
 def check_inside(centres: np.ndarray, shape: tuple, box: float, source: str,

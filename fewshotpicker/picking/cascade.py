@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data.regions import Preprocess, crop_windows, prepare_micrograph
+from ..data.regions import Preprocess, crop_windows, prepare_micrograph, window_contrast_grid
 from ..errors import InputError
 from ..models.student import ScoreStudent, pad_to_stride, sample_at
 from .scoring import Bank, ScoreMap, grid_centres, score_windows
@@ -46,7 +46,8 @@ def student_map(student: ScoreStudent, prepared: torch.Tensor, size: int, step: 
     xy = grid_centres((gy, gx), step, size / 2.0).to(prepared.device)
     scores = sample_at(student(padded), xy, padded.shape[-2:])
     return ScoreMap(scores.reshape(gy, gx).float().cpu().numpy(), step, size / 2.0, scale,
-                    scored=0.0)
+                    scored=0.0,
+                    contrast=window_contrast_grid(prepared, size, step).cpu().numpy())
 
 
 # when the last re-scored tenth of the candidates still holds this share of picks, the

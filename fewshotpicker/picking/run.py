@@ -72,6 +72,10 @@ def _worker(model_path: str, device: torch.device, paths: List[Path], cfg: PickC
     model = scoring_encoder(model, device, cfg.precision, cfg.compile)
     pre = Preprocess(**payload["preprocess"])
     bank = Bank.from_payload(payload, device)
+    if cfg.max_contrast > 0 and bank.contrast_limit(cfg.max_contrast) is None:
+        log.warning("%s holds no exemplar contrast (trained by an older version): peaks are not "
+                    "checked for ice, carbon or aggregates (--max-contrast); train again to "
+                    "use that check", model_path)
     student = load_student(payload, device, model_path) if cfg.student > 0 else None
     batch = window_batch(cfg.batch_size, device)
     for path in paths:
@@ -157,6 +161,9 @@ def write_pick_outputs(results: Dict[str, object], cfg: PickConfig, out_dir: Pat
                   "exemplar_anchor": None if np.isnan(res.anchor) else round(res.anchor, 6),
                   "candidates": int(len(res.scores)),
                   "picks": int(len(scores)), "stride_px": res.score_map.stride_px,
+                  "contrast_limit": None if np.isnan(res.contrast_limit)
+                  else round(res.contrast_limit, 4),
+                  "dropped_for_contrast": res.too_contrasty,
                   "windows_scored": round(res.score_map.scored, 4),
                   "histogram": _histogram(res)}
         write_text_atomic(out_dir / "thresholds" / f"{key}.json", json.dumps(record) + "\n")
@@ -167,6 +174,7 @@ def write_pick_outputs(results: Dict[str, object], cfg: PickConfig, out_dir: Pat
                        out_dir / "thresholds" / f"{key}_picks.png",
                        title=f"{key}: {len(xy)} picks above {res.cutoff:.3f}")
         summary[name] = {"picks": record["picks"], "cutoff": res.cutoff, "rule": res.rule,
+                         "dropped_for_contrast": res.too_contrasty,
                          "seconds": round(res.seconds, 3)}
     frames = [f for f in frames if len(f)]
     picks = pd.concat(frames, ignore_index=True) if frames else empty_coordinates()

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.regions import Preprocess, normalize_regions, prepare_micrograph
+from ..data.regions import Preprocess, normalize_regions, prepare_micrograph, window_contrast_grid
 from ..device import inference_autocast
 
 log = logging.getLogger("fewshotpicker")
@@ -26,13 +27,16 @@ class ScoreMap:
 
     ``scores``: ``(gy, gx)``; window ``(i, j)`` is centred at micrograph pixel
     ``x = (offset + j * step) / scale``, ``y = (offset + i * step) / scale``,
-    with ``step`` and ``offset`` in prepared-image pixels.
+    with ``step`` and ``offset`` in prepared-image pixels. ``contrast``: ``(gy, gx)``
+    standard deviation of each window before normalisation
+    (:func:`~fewshotpicker.data.regions.window_contrast_grid`), or ``None``.
     """
     scores: np.ndarray
     step: int
     offset: float
     scale: float
     scored: float = 1.0       # share of the grid's windows run through the encoder
+    contrast: Optional[np.ndarray] = None
 
     def grid_to_micrograph(self, ij: np.ndarray) -> np.ndarray:
         """Grid positions ``(n, 2)`` as (x=j, y=i), possibly fractional -> micrograph px."""
@@ -68,10 +72,13 @@ class Bank:
     feature stored by training; zero for a model trained without centring).
     ``exemplars``: how many exemplars the ``k`` columns are views of (column
     ``j`` shows exemplar ``j % exemplars``); 0 when the checkpoint does not say.
+    ``contrast``: the exemplar windows' median standard deviation before
+    normalisation (picking's contrast gate); ``nan`` when the checkpoint does not say.
     """
     matrix: torch.Tensor
     centre: torch.Tensor
     exemplars: int = 0
+    contrast: float = float("nan")
 
     @classmethod
     def from_payload(cls, payload: dict, device: torch.device) -> "Bank":
@@ -81,7 +88,17 @@ class Bank:
         matrix = F.normalize(bank - centre, dim=-1).T.contiguous()
         n = int(payload.get("n_exemplars") or 0)
         n = n if n > 0 and len(bank) % n == 0 else 0
-        return cls(matrix.to(device), centre.to(device), n)
+        contrast = payload.get("exemplar_contrast")
+        contrast = float(contrast.float().median()) if contrast is not None and len(contrast) \
+            else float("nan")
+        return cls(matrix.to(device), centre.to(device), n, contrast)
+
+    def contrast_limit(self, factor: float) -> Optional[float]:
+        """The window contrast above which a peak is no particle: ``factor`` times the
+        exemplars' median; ``None`` (no limit) for ``factor`` <= 0 or an unknown median."""
+        if factor <= 0 or not np.isfinite(self.contrast):
+            return None
+        return factor * self.contrast
 
     def leave_one_out(self) -> np.ndarray:
         """Each exemplar's score against the others' views: ``(exemplars,)`` cosines.
@@ -230,5 +247,7 @@ def score_micrograph(model, bank: Bank, image: np.ndarray, pre: Preprocess,
         scores, share = score_coarse_to_fine(model, grid, bank, batch, coarse, precision)
     else:
         scores = score_grid(model, grid, bank, batch, precision)
+    contrast = window_contrast_grid(prepared, size, step)
     # same centre convention as crop_windows: a window starts at centre - size / 2
-    return ScoreMap(scores.cpu().numpy(), step, size / 2.0, pre.scale, share)
+    return ScoreMap(scores.cpu().numpy(), step, size / 2.0, pre.scale, share,
+                    contrast.cpu().numpy())

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..config import TrainConfig, to_dict
 from ..data.regions import (Preprocess, check_inside, crop_windows, normalize_regions,
                             prepare_micrograph, random_centres, random_views, rotations90,
-                            view_window_size)
+                            view_window_size, window_contrast_at)
 from ..device import autocast, resolve_device
 from ..errors import InputError
 from ..io.checkpoint import MODEL_FILE, save_checkpoint
@@ -74,10 +74,11 @@ def shifted_centres(centres: np.ndarray, box: float, shift_range: tuple, per_poi
 def collect_regions(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame,
                     pre: Preprocess, device: torch.device, source: str) -> tuple:
     """Exemplar windows ``(m, 1, S, S)`` (S = :func:`view_window_size`, for random
-    views), an unlabeled pool ``(u, 1, s, s)`` and off-centre exemplar crops
-    ``(o, 1, s, s)`` (none when ``shifted_negatives`` is 0)."""
+    views), an unlabeled pool ``(u, 1, s, s)``, off-centre exemplar crops
+    ``(o, 1, s, s)`` (none when ``shifted_negatives`` is 0) and the exemplar windows'
+    contrast ``(m,)`` (:func:`window_contrast_at`; picking's contrast gate)."""
     exemplars = match_micrographs(exemplars, [str(m) for m in micrographs], source)
-    positives, pool, shifted = [], [], []
+    positives, pool, shifted, contrast = [], [], [], []
     per_mic = max(1, int(cfg.unlabeled_pool * len(exemplars) / len(micrographs)))
     for i, path in enumerate(micrographs):
         image = read_image(path).data
@@ -88,6 +89,7 @@ def collect_regions(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.Dat
             centres = torch.as_tensor(mine * pre.scale, dtype=torch.float32, device=device)
             positives.append(crop_windows(prepared, centres,
                                           view_window_size(pre.img_size, cfg.max_shift)))
+            contrast.append(window_contrast_at(prepared, centres, pre.img_size).cpu())
             if cfg.shifted_negatives > 0:
                 off = shifted_centres(mine * pre.scale, pre.img_size, cfg.shift_range, 16,
                                       np.random.default_rng([cfg.seed, i, 9]))
@@ -99,7 +101,8 @@ def collect_regions(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.Dat
         pool.append(crop_windows(prepared, torch.as_tensor(free, dtype=torch.float32,
                                                            device=device), pre.img_size))
     empty = torch.empty(0, 1, pre.img_size, pre.img_size, device=device)
-    return torch.cat(positives), torch.cat(pool), torch.cat(shifted) if shifted else empty
+    return (torch.cat(positives), torch.cat(pool), torch.cat(shifted) if shifted else empty,
+            torch.cat(contrast))
 
 
 def centre_crop(windows: torch.Tensor, size: int) -> torch.Tensor:
@@ -223,7 +226,8 @@ def finetune(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame,
         except ValueError as exc:
             raise InputError(f"--input-size: {exc}.") from None
     pre = Preprocess(box=cfg.box, img_size=model.cfg.img_size, highpass=cfg.highpass, lowpass=cfg.lowpass)
-    positives, pool, shifted = collect_regions(cfg, micrographs, exemplars, pre, device, source)
+    positives, pool, shifted, contrast = collect_regions(cfg, micrographs, exemplars, pre,
+                                                         device, source)
     # freezing only makes sense for pretrained blocks
     k = cfg.freeze_blocks if cfg.freeze_blocks >= 0 else \
         (model.cfg.depth // 2 if cfg.pretrained else 0)
@@ -249,6 +253,7 @@ def finetune(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame,
     save_checkpoint(out_dir / MODEL_FILE, model_payload(model, "finetuned", pre, to_dict(cfg),
                                                         bank=bank, centre=centre,
                                                         n_exemplars=len(exemplars),
+                                                        exemplar_contrast=contrast,
                                                         student=student))
     return {"steps": cfg.steps, "exemplars": int(len(exemplars)), "bank": int(len(bank)),
             "final_loss": history[-1]["loss"], "device": str(device), **stats}

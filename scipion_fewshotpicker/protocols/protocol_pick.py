@@ -74,6 +74,13 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
                            "between the two (two particles side by side always have such a "
                            "valley: the window between them is centred on neither). Removes "
                            "the second, off-centre pick on one particle. 0 = off.")
+        form.addParam("maxContrast", params.FloatParam, default=2.5,
+                      expertLevel=params.LEVEL_ADVANCED, label="Max. contrast (x exemplars)",
+                      help="A score peak whose window's standard deviation (before the model's "
+                           "per-window normalisation) exceeds this many times the exemplars' "
+                           "median is dropped: ice crystals, carbon edges and aggregates, "
+                           "which the model can mistake for particles. RELION's 'max stddev "
+                           "noise', set by the exemplars. 0 = off.")
         form.addParam("batchSize", params.IntParam, default=0,
                       expertLevel=params.LEVEL_ADVANCED, label="Windows per batch",
                       help="Encoder batch; 0 = automatic (1024 windows on a GPU, 128 on a "
@@ -117,6 +124,7 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
                 if SCORING[self.scoring.get()] == "student cascade" else 0.0,
                 "min_distance": self.minDistance.get(),
                 "shoulder_reach": self.shoulderReach.get(),
+                "max_contrast": self.maxContrast.get(),
                 "threshold": str(self.threshold.get()) if mode == "fixed" else mode,
                 "batch_size": self.batchSize.get(), "device": self.getDeviceSpec(),
                 "plots": True}
