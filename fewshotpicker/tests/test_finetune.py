@@ -77,6 +77,8 @@ def test_finetune_writes_model_bank_curves(trained):
     assert len(history) == STEPS and {"mse", "scs", "s_self", "s_cross"} <= set(history[0])
     assert (out_dir / "losses.png").stat().st_size > 10000
     assert np.mean([h["scs"] for h in history[-10:]]) < np.mean([h["scs"] for h in history[:10]])
+    contrast = payload["exemplar_contrast"]          # for pick's contrast gate
+    assert contrast.shape == (summary["exemplars"],) and bool((contrast > 0).all())
     student = payload["student"]                     # the dense student for pick --student
     assert student["steps"] == 40 and np.isfinite(student["loss"]) and student["width"] == 64
 

@@ -7,7 +7,8 @@ import torch
 
 from fewshotpicker.cli.main import main
 from fewshotpicker.config import PickConfig
-from fewshotpicker.data.regions import Preprocess, crop_windows, prepare_micrograph
+from fewshotpicker.data.regions import (Preprocess, crop_windows, prepare_micrograph,
+                                        window_contrast_at, window_contrast_grid)
 from fewshotpicker.errors import InputError
 from fewshotpicker.io.checkpoint import save_checkpoint
 from fewshotpicker.io.mrc import read_image, write_mrc
@@ -34,6 +35,36 @@ def test_window_grid_is_a_view_matching_crop_windows():
     window = grid[2, 3]
     expected = (window - window.mean()) / (window.std() + 1e-6)
     assert torch.allclose(crop, expected, atol=1e-5)
+
+
+def test_window_contrast_is_each_windows_standard_deviation_on_the_grid():
+    img = torch.randn(40, 50) * torch.linspace(0.5, 3.0, 50)
+    expected = window_grid(img, 16, 4).reshape(7, 9, -1).std(dim=-1, unbiased=False)
+    np.testing.assert_allclose(window_contrast_grid(img, 16, 4), expected, atol=1e-4)
+    sm = ScoreMap(np.zeros((7, 9)), step=4, offset=8.0, scale=1.0)
+    xy = torch.tensor(sm.grid_to_micrograph(np.array([[3, 2], [8, 6]])), dtype=torch.float32)
+    np.testing.assert_allclose(window_contrast_at(img, xy, 16), expected[[2, 6], [3, 8]],
+                               atol=1e-4)
+
+
+def test_peaks_on_windows_more_contrasted_than_the_limit_are_dropped():
+    scores = np.zeros((20, 30))
+    scores[5, 7], scores[12, 20] = 0.9, 1.0
+    contrast = np.ones((20, 30))
+    contrast[11:14, 19:22] = 5.0                    # an ice crystal's windows
+    sm = ScoreMap(scores, step=4, offset=16.0, scale=0.5, contrast=contrast)
+    cands = find_candidates(sm, (200, 300), box=40, cfg=PickConfig(), contrast_limit=2.5)
+    np.testing.assert_allclose(cands.xy, [[(16 + 7 * 4) / 0.5, (16 + 5 * 4) / 0.5]])
+    assert cands.too_contrasty == 1 and cands.contrast_limit == 2.5
+    assert len(find_candidates(sm, (200, 300), box=40, cfg=PickConfig()).scores) == 2
+
+
+def test_bank_contrast_limit_is_a_multiple_of_the_exemplars_median():
+    cpu, bank = torch.device("cpu"), torch.randn(8, 4)
+    known = Bank.from_payload({"bank": bank, "exemplar_contrast": torch.tensor([0.6, 0.8, 2.0])},
+                              cpu)
+    assert known.contrast_limit(2.5) == pytest.approx(2.0) and known.contrast_limit(0) is None
+    assert Bank.from_payload({"bank": bank}, cpu).contrast_limit(2.5) is None  # older model
 
 
 def test_grid_to_micrograph_undoes_the_scale():
@@ -220,6 +251,33 @@ def test_a_bad_micrograph_is_reported_and_the_others_are_picked(random_model, tm
     record = json.loads((tmp_path / "out" / "thresholds" / "m0.json").read_text())
     # this model does not say how many exemplars its bank holds: the BIC mixture decides
     assert record["rule"] == "gmm" and record["exemplar_anchor"] is None
+
+
+def test_pick_drops_a_dark_crystal_and_records_the_contrast_limit(tmp_path):
+    """A micrograph of noise with a dense dark disc: its peaks are dropped, the rest kept
+    (without the check, a pick lands 12 px from the disc's centre)."""
+    torch.manual_seed(0)
+    pre = Preprocess(box=24, img_size=32)
+    rng = np.random.default_rng(4)
+    image = rng.normal(size=(160, 200)).astype(np.float32)
+    yy, xx = np.mgrid[:160, :200]
+    image[(xx - 100) ** 2 + (yy - 80) ** 2 < 10 ** 2] -= 30.0   # an ice crystal
+    mic = write_mrc(tmp_path / "m.mrc", image)
+    calm = prepare_micrograph(rng.normal(size=(160, 200)), pre)
+    contrast = window_contrast_at(calm, torch.tensor([[60.0, 60.0], [120.0, 90.0]]), 32)
+    save_checkpoint(tmp_path / "model" / "model.pt",
+                    model_payload(build_mae("micro"), "finetuned", pre, {},
+                                  bank=torch.randn(8, 64), exemplar_contrast=contrast))
+    cfg = PickConfig(model=str(tmp_path / "model"), device="cpu", threshold="-2")
+    results = pick_run.score_all(cfg, [mic])
+    summary = pick_run.write_pick_outputs(results, cfg, tmp_path / "out")
+    kept, _ = results[str(mic)].kept()
+    assert len(kept) > 5 and np.hypot(*(kept - [100, 80]).T).min() > 20
+    assert summary["micrographs"][str(mic)]["dropped_for_contrast"] >= 1
+    record = json.loads((tmp_path / "out" / "thresholds" / "m.json").read_text())
+    assert record["contrast_limit"] == pytest.approx(2.5 * float(contrast.median()), rel=1e-3)
+    off = pick_run.score_all(PickConfig(**{**cfg.__dict__, "max_contrast": 0.0}), [mic])
+    assert len(off[str(mic)].scores) > len(results[str(mic)].scores)
 
 
 def test_candidates_table_holds_every_peak_and_picks_are_its_top(random_model, tmp_path):
