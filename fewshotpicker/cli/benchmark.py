@@ -103,6 +103,21 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def numbers(text: str, flag: str, kind=int, sep: str = ",", count: int = 0) -> list:
+    """``text`` split at ``sep`` into ``kind`` values (exactly ``count`` of them when given);
+    one sentence naming ``flag`` if not."""
+    try:
+        values = [kind(v) for v in str(text).lower().split(sep)]
+    except ValueError:
+        values = []
+    if not values or (count and len(values) != count):
+        what = "whole numbers" if kind is int else "numbers"
+        example = sep.join((["1", "2"] if kind is int else ["0.1", "0.5"]) + ["3"] * (count - 2))
+        raise InputError(f"{flag} {text!r}: expected {count or 'one or more'} {what} "
+                         f"separated by {sep!r}, such as {example}.")
+    return values
+
+
 def _command_speed(args, shape: tuple) -> list:
     """pick-speed with --topaz-env: our command and Topaz's extract on the same micrographs
     (the real set's test micrographs with --real, else six noise micrographs of --size)."""
@@ -114,8 +129,7 @@ def _command_speed(args, shape: tuple) -> list:
         raise InputError(f"{Path(args.real) / 'mics_test'}: holds no .mrc micrographs to time "
                          f"(--real names the EMPIAR-10028 folder).")
     rows = command_speed.run(work, mics, args.box, args.model, args.device,
-                             Path(args.topaz_env), [int(c) for c in args.coarse.split(",")],
-                             args.student)
+                             Path(args.topaz_env), numbers(args.coarse, "--coarse"), args.student)
     print(f"\nwhole commands on {len(mics)} micrographs ({'real' if args.real else 'noise'}),"
           f" start-up included; ratio = ours / Topaz:")
     _print_rows(rows)
@@ -148,7 +162,7 @@ def _run_picking(args: argparse.Namespace, module) -> dict:
         sets = module.DEFAULT_SETS
     work = Path(args.work)
     result = module.run(work, sets, Path(args.real) if args.real else None,
-                        [int(s) for s in args.seeds.split(",")], _bench_settings(args),
+                        numbers(args.seeds, "--seeds"), _bench_settings(args),
                         Path(args.topaz_env) if args.topaz_env else None)
     _print_rows(result["summary"])
     print(f"per-seed rows, plots: {work}/runs*/seed*/; Topaz {result['topaz'] or 'not run'}")
@@ -163,11 +177,12 @@ def run(args: argparse.Namespace) -> int:
         _print_rows([result])
     elif args.target == "pick-speed":
         from ..benchmarks import pick_speed
-        w, h = (int(v) for v in args.size.lower().split("x"))
-        settings = [{"coarse": int(c)} for c in args.coarse.split(",")] + \
+        w, h = numbers(args.size, "--size", sep="x", count=2)
+        coarse = numbers(args.coarse, "--coarse")
+        settings = [{"coarse": c} for c in coarse] + \
             ([{"student": args.student}] if args.student > 0 else []) + \
-            [{"input_size": int(n), "coarse": int(c)} for n in args.input_size.split(",")
-             if int(n) for c in args.coarse.split(",")]
+            [{"input_size": n, "coarse": c} for n in numbers(args.input_size, "--input-size")
+             if n for c in coarse]
         result = [pick_speed.time_picking(args.model, (h, w), args.box, args.stride, args.device,
                                           args.batch or 0, args.repeats, args.compile, **kw)
                   for kw in settings]
@@ -176,15 +191,15 @@ def run(args: argparse.Namespace) -> int:
             result = {"in_process": result, "commands": _command_speed(args, (h, w))}
     elif args.target == "tomo":
         from ..benchmarks import tomo
-        result = tomo.run(Path(args.work), [float(f) for f in args.fractions.split(",")],
-                          [int(s) for s in args.seeds.split(",")], args.steps or 300,
+        result = tomo.run(Path(args.work), numbers(args.fractions, "--fractions", float),
+                          numbers(args.seeds, "--seeds"), args.steps or 300,
                           args.model if args.model in ("small", "base") else "tiny",
                           "cpu" if args.device == "auto" else args.device,
                           tomo.default_sim(args.snr, args.tomograms))
         _print_rows(result["rows"])
     elif args.target == "tomo-memory":
         from ..benchmarks import tomo_memory
-        x, y, z = (int(v) for v in args.volume.lower().split("x"))
+        x, y, z = numbers(args.volume, "--volume", sep="x", count=3)
         result = tomo_memory.run(Path(args.work), (z, y, x),
                                  args.model if args.model in ("small", "base") else "tiny",
                                  args.diameter, args.tile, args.device)

@@ -111,6 +111,16 @@ def test_bad_input_gives_one_sentence_and_exit_2(tmp_path, capsys):
         code, _, err = run(capsys, *pick, *flags)
         assert code == 2 and message in err, flags
     assert len(err.strip().splitlines()) == 1
+    for flags, message in (
+            (["pick-speed", "--input-size", "abc"], "--input-size 'abc': expected one or more "
+                                                    "whole numbers separated by ','"),
+            (["pick-speed", "--size", "4096"], "--size '4096': expected 2 whole numbers "
+                                               "separated by 'x', such as 1x2."),
+            (["tomo-memory", "--volume", "64x64"], "--volume '64x64': expected 3 whole"),
+            (["tomo", "--fractions", "0.1,a"], "--fractions '0.1,a': expected one or more "
+                                               "numbers")):
+        code, _, err = run(capsys, "benchmark", *flags, "--work", str(tmp_path / "b"))
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, flags
     code, _, err = run(capsys, *pick, "--coarse", "3")
     assert code == 2 and "--coarse 3: a grid that coarse misses the narrow score peaks" in err
     (tmp_path / "run.json").write_text(json.dumps({"snr": 0.1, "colour": "red"}))
