@@ -1,4 +1,5 @@
 """FewShotProtPick: pick every micrograph with a fine-tuned model, in streaming."""
+import glob
 import json
 import os
 import shutil
@@ -198,8 +199,22 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
         if not self.hasAttribute("outputCoordinates"):
             return ["No picks yet."]
         coords = self.outputCoordinates
-        return [f"{coords.getSize()} particles picked, box {coords.getBoxSize()} px, "
-                f"cutoff {THRESHOLDS[self.thresholdMode.get()]}."]
+        lines = [f"{coords.getSize()} particles picked, box {coords.getBoxSize()} px, "
+                 f"cutoff {THRESHOLDS[self.thresholdMode.get()]}."]
+        dropped = self.droppedForContrast()
+        if dropped:
+            lines.append(f"{dropped} score peaks dropped as more contrasted than "
+                         f"{self.maxContrast.get():g}x the exemplars (ice, carbon, aggregates).")
+        return lines
+
+    def droppedForContrast(self):
+        """Score peaks the engine dropped as too contrasted, over the micrographs picked so
+        far (from its per-micrograph records)."""
+        total = 0
+        for path in glob.glob(self._getExtraPath("thresholds", "*.json")):
+            with open(path) as fh:
+                total += json.load(fh).get("dropped_for_contrast") or 0
+        return total
 
     def _methods(self):
         return [f"Particles were picked by scoring every window (stride "

@@ -115,6 +115,16 @@ class TestFewShotWorkflow(BaseTest):
         # every micrograph picked exactly once
         self.assertEqual(len(glob.glob(self.pick._getExtraPath("picks", "*_autopick.star"))),
                          self.mics.getSize())
+        # the contrast check ran with the limit the trained model's exemplars set
+        with open(self.pick._getExtraPath("pick.json")) as fh:
+            self.assertEqual(json.load(fh)["max_contrast"], 2.5)
+        dropped = 0
+        for path in glob.glob(self.pick._getExtraPath("thresholds", "*.json")):
+            with open(path) as fh:
+                record = json.load(fh)
+            self.assertGreater(record["contrast_limit"], 0.0)
+            dropped += record["dropped_for_contrast"]
+        self.assertEqual(self.pick.droppedForContrast(), dropped)
 
     def _f1(self, prot):
         picks = coordinates_table(prot.outputCoordinates, self.mics)
