@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--shoulder-reach {cfg.shoulder_reach} / --shoulder-dip "
                          f"{cfg.shoulder_dip}: the reach must be 0 (off) or more boxes and the "
                          f"dip a share of the peak's height in (0, 1].")
-    if cfg.max_contrast < 0 or 0 < cfg.max_contrast < 1:
+    if not (cfg.max_contrast == 0 or cfg.max_contrast >= 1):  # also refuses nan
         raise InputError(f"--max-contrast {cfg.max_contrast}: must be 0 (off) or at least 1 "
                          f"(times the exemplars' window contrast; 2.5 by default).")
     results = score_all(cfg, mics, lambda it, total: progress(it, "pick", total))
