@@ -3,9 +3,12 @@
 Scipion reads its settings from environment variables when pyworkflow is first
 imported, and importing the plugin imports pyworkflow; this root conftest runs
 before any test module is imported, so it sets them here. Everything goes into
-a temporary folder; a SCIPION_HOME already set (a real Scipion install) is kept.
+a temporary folder, removed when the test run ends (set FEWSHOTPICKER_KEEP_TEST_DIRS=1 to
+keep it for a look at the projects); a SCIPION_HOME already set (a real Scipion install) is kept.
 """
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -45,4 +48,14 @@ def configure_headless_scipion(base: Path) -> dict:
     return values
 
 
-configure_headless_scipion(Path(tempfile.mkdtemp(prefix="fewshot_scipion_")))
+def remove_unless_kept(base: Path) -> None:
+    """Delete the run's Scipion folder (about 100 MB of projects) unless asked to keep it."""
+    if os.environ.get("FEWSHOTPICKER_KEEP_TEST_DIRS") == "1":
+        print(f"Scipion test projects kept in {base}", file=sys.stderr)
+        return
+    shutil.rmtree(base, ignore_errors=True)
+
+
+_BASE = Path(tempfile.mkdtemp(prefix="fewshot_scipion_"))
+configure_headless_scipion(_BASE)
+atexit.register(remove_unless_kept, _BASE)
