@@ -38,6 +38,15 @@ class TopazSettings:
     device: int = -1          # Topaz's own convention: -1 = CPU, N = GPU N
     threads: int = 0
 
+    @property
+    def updates(self) -> int:
+        return self.epochs * self.epoch_size
+
+    def model_prefix(self) -> str:
+        """File prefix of a model trained this way: a rerun with other settings in the same
+        folder trains its own model instead of reusing (or overwriting) this one."""
+        return f"model_{self.model}_{self.units}units_{self.updates}updates"
+
 
 def ensure_topaz(env_dir: Path) -> Path:
     """The ``topaz`` executable of ``env_dir``, creating the environment on first use."""
@@ -93,10 +102,11 @@ def train(topaz: Path, pre_dir: Path, train_mics: List[Path], exemplars: pd.Data
           expected: float, scale: int, out: Path, settings: TopazSettings) -> tuple:
     """Train Topaz on the exemplars; returns ``(model path, seconds)``.
 
-    A model already trained in ``out`` is reused (seconds then ``nan``), so a
-    benchmark can be rerun without retraining.
+    A model already trained in ``out`` with the same settings is reused
+    (seconds then ``nan``), so a benchmark can be rerun without retraining.
     """
-    model = out / f"model_epoch{settings.epochs}.sav"
+    prefix = out / settings.model_prefix()
+    model = Path(f"{prefix}_epoch{settings.epochs}.sav")
     if model.exists():
         return model, float("nan")
     out.mkdir(parents=True, exist_ok=True)
@@ -110,7 +120,7 @@ def train(topaz: Path, pre_dir: Path, train_mics: List[Path], exemplars: pd.Data
                     "--units", str(settings.units), "--num-epochs", str(settings.epochs),
                     "--epoch-size", str(settings.epoch_size), "--num-workers", "0",
                     "-j", str(settings.threads), "-d", str(settings.device),
-                    "--save-prefix", str(out / "model"), "-o", str(out / "train.txt")],
+                    "--save-prefix", str(prefix), "-o", f"{prefix}_train.txt"],
                    out / "topaz.log")
     return model, seconds
 
