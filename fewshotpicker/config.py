@@ -254,7 +254,7 @@ class PickConfig:
     batch_size: int = 0               # windows per encoder batch (0 = 1024 on a GPU, 128 on a CPU; shrinks on out-of-memory)
     device: str = "auto"              # auto | cpu | cuda | cuda:N | a list: 0,1,2
     precision: str = "auto"           # auto (bf16 on GPUs and CPUs with native bf16) | bf16 | fp32
-    compile: bool = False             # GPU: torch.compile the scoring encoder (~20 s once)
+    compile: bool = False             # GPU: compile the scoring encoder's norms (5-10 s once)
     plots: bool = False               # also save a PNG histogram per micrograph
     candidates: bool = False          # also write candidates.star: every peak, below the cutoff too
     seed: int = 0

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from timm.layers import LayerScale
 
 from fewshotpicker.models import inference
-from fewshotpicker.models.inference import ScoringEncoder, compile_embed, scoring_encoder
+from fewshotpicker.models.inference import EAGER_OPS, ScoringEncoder, compile_embed, scoring_encoder
 from fewshotpicker.models.mae import MaskedAutoencoder, build_mae
 
 
@@ -26,14 +26,18 @@ def _model(size="micro", **changes):
     return model.eval()
 
 
+@pytest.mark.parametrize("streamed", [False, True])
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
 @pytest.mark.parametrize("fused_gelu", [False, True])
-def test_float32_scoring_encoder_gives_the_models_features(pooling, fused_gelu):
+def test_float32_scoring_encoder_gives_the_models_features(pooling, fused_gelu, streamed):
     model = _model(pooling=pooling)
     imgs = torch.randn(5, 1, 32, 32)
     with torch.no_grad():
         expected = model.embed(imgs)
-    got = ScoringEncoder(model, torch.float32, fused_gelu=fused_gelu).embed(imgs)
+    encoder = ScoringEncoder(model, torch.float32, fused_gelu=fused_gelu)
+    # streamed: residual adds in place, biases carried to the next LayerNorm (the compiled path)
+    encoder.ops = EAGER_OPS if streamed else None
+    got = encoder.embed(imgs)
     assert got.shape == (5, 64) and got.dtype == torch.float32
     # the tanh GELU of the fused path differs from the exact one by < 1e-3
     torch.testing.assert_close(got, expected, atol=1e-5 if not fused_gelu else 2e-3, rtol=1e-4)
@@ -44,8 +48,11 @@ def test_bf16_scoring_encoder_keeps_the_direction_of_the_features():
     imgs = torch.randn(6, 1, 64, 64)
     with torch.no_grad():
         expected = model.embed(imgs)
-    got = ScoringEncoder(model).embed(imgs)
-    assert float(F.cosine_similarity(got, expected).min()) > 1 - 1e-3
+    encoder = ScoringEncoder(model)
+    for ops in (None, EAGER_OPS):
+        encoder.ops = ops
+        got = encoder.embed(imgs)
+        assert float(F.cosine_similarity(got, expected).min()) > 1 - 1e-3
 
 
 def test_scoring_encoder_does_not_change_or_hold_on_to_the_model():
@@ -86,4 +93,5 @@ def test_a_failed_compile_falls_back_to_the_eager_encoder(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="fewshotpicker"):
         compiled = compile_embed(encoder)
     assert "could not compile the encoder (no C compiler found)" in caplog.text
+    assert compiled.ops is None
     torch.testing.assert_close(compiled.embed(imgs), eager(imgs))
