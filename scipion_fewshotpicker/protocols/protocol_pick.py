@@ -87,6 +87,13 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
                       help="Encoder batch; 0 = automatic (1024 windows on a GPU, 128 on a "
                            "CPU, where small batches stay in cache and run about 1.5x "
                            "faster). Halves by itself when the GPU runs out of memory.")
+        form.addParam("compileEncoder", params.BooleanParam, default=False,
+                      expertLevel=params.LEVEL_ADVANCED, label="Compile the encoder (GPU)?",
+                      help="Compile the encoder's normalisation steps before picking (5-10 s "
+                           "once per batch of micrographs, less once cached). On an H200 the "
+                           "base model then scores a 4096 x 4096 micrograph in 1.45 s instead "
+                           "of 1.67 s, so it pays off from about 40 micrographs per batch. "
+                           "Ignored on the CPU.")
         self._defineDeviceParams(form)
         self._defineStreamingParams(form)
         form.getParam("streamingBatchSize").setDefault(16)
@@ -128,7 +135,7 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
                 "max_contrast": self.maxContrast.get(),
                 "threshold": str(self.threshold.get()) if mode == "fixed" else mode,
                 "batch_size": self.batchSize.get(), "device": self.getDeviceSpec(),
-                "plots": True}
+                "compile": self.compileEncoder.get(), "plots": True}
 
     def _collect(self, batch, micList):
         """Move each micrograph's STAR file and threshold record into extra/ (atomic
