@@ -4,6 +4,7 @@ The data are easy (SNR 1) because what is tested is the mechanism; how well the
 method does at realistic SNR is measured by the benchmarks, not asserted here.
 """
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ from fewshotpicker.data.synthetic import simulate_dataset
 from fewshotpicker.errors import InputError
 from fewshotpicker.io.coordinates import make_coordinates, read_coordinates
 from fewshotpicker.models.mae import sincos_pos_embed
+from fewshotpicker.io.checkpoint import load_checkpoint
+import fewshotpicker.training.finetune as finetune_module
 from fewshotpicker.training.common import load_mae
 from fewshotpicker.training.finetune import finetune
 from fewshotpicker.training.pretrain import ENOUGH_STEPS, pretrain, warn_if_short
@@ -196,3 +199,26 @@ def test_cli_train_refuses_an_input_size_off_the_patch_grid(crowded, tmp_path, c
                  "--input-size", "20", "--out", str(tmp_path / "o"), "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 2 and "--input-size: model input 20 px must be a multiple of the 8 px" in err
+
+
+def test_repeating_a_finished_run_keeps_its_student_and_other_settings_distil_again(
+        crowded, tmp_path, monkeypatch):
+    out, meta, mics = crowded
+    exemplars = read_coordinates(out / "exemplars.star")
+    cfg = TrainConfig(box=float(meta["box_px"]), model="micro", steps=4, device="cpu",
+                      student_steps=5, seed=3)
+    finetune(cfg, mics[:1], exemplars, tmp_path)
+    first = load_checkpoint(tmp_path / "model.pt")["student"]
+
+    def no_distilling(*args, **kwargs):
+        raise AssertionError("distilled again")
+
+    monkeypatch.setattr(finetune_module, "distil_student", no_distilling)
+    finetune(cfg, mics[:1], exemplars, tmp_path)  # the same run again: nothing to redo
+    kept = load_checkpoint(tmp_path / "model.pt")["student"]
+    assert kept["state_dict"].keys() == first["state_dict"].keys()
+    assert all(torch.equal(kept["state_dict"][k], v) for k, v in first["state_dict"].items())
+    # more steps, or another device: the weights or the run differ, so the student is made anew
+    for changed in (replace(cfg, steps=6), replace(cfg, device="auto")):
+        with pytest.raises(AssertionError, match="distilled again"):
+            finetune(changed, mics[:1], exemplars, tmp_path)

@@ -25,7 +25,7 @@ from ..data.regions import (Preprocess, check_inside, crop_windows, normalize_re
                             view_window_size, window_contrast_at)
 from ..device import autocast, resolve_device
 from ..errors import InputError
-from ..io.checkpoint import MODEL_FILE, save_checkpoint
+from ..io.checkpoint import MODEL_FILE, RESUME_FILE, load_checkpoint, save_checkpoint
 from ..io.coordinates import match_micrographs
 from ..io.mrc import read_image
 from ..losses import masked_mse, scs_loss
@@ -205,6 +205,23 @@ def distil_student(model, bank: torch.Tensor, centre: torch.Tensor, micrographs:
                   if progress else None)
 
 
+def finished_student(out_dir: Path, config: dict, steps: int) -> Optional[dict]:
+    """The student in ``out_dir``'s model.pt when that finished run is being repeated:
+    its checkpoint holds all ``steps`` (a checkpoint of other inputs is refused when
+    resumed) and the model was saved with the same ``config``. Distilling again
+    would only give the same network, minutes later. None otherwise."""
+    model, checkpoint = out_dir / MODEL_FILE, out_dir / RESUME_FILE
+    if not (model.exists() and checkpoint.exists()):
+        return None
+    try:
+        if load_checkpoint(checkpoint, kinds=["resume"])["step"] < steps:
+            return None
+        payload = load_checkpoint(model, kinds=["finetuned"])
+    except InputError:  # unreadable or of another kind: resuming reports it, or it is replaced
+        return None
+    return payload.get("student") if payload.get("config") == config else None
+
+
 def finetune(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame, out_dir: Path,
              source: str = "exemplars", progress: Optional[Callable] = None) -> dict:
     """Fine-tune on exemplars; writes ``model.pt`` (with the feature bank) and curves."""
@@ -236,6 +253,8 @@ def finetune(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame,
              "of %d encoder blocks frozen; %s", len(positives), len(pool), k, model.cfg.depth,
              device)
     forward = torch.compile(model) if cfg.compile else model
+    kept_student = finished_student(out_dir, to_dict(cfg), cfg.steps) \
+        if cfg.student_steps > 0 else None
     model.train()
     history = train(model, finetune_step_fn(model, positives, pool, cfg, device, forward, shifted),
                     loop_settings(cfg, cfg.steps), out_dir,
@@ -249,7 +268,11 @@ def finetune(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame,
     background = embed_regions(model, pool, device)
     centre = background.mean(dim=0) if cfg.centre_features else torch.zeros(bank.shape[1])
     stats = separation(bank, background, centre)
-    student = distil_student(model, bank, centre, micrographs, pre, cfg, device, progress)
+    if kept_student is not None:
+        log.info("%s: this run had already finished; its student is kept, not distilled again",
+                 out_dir / MODEL_FILE)
+    student = kept_student or distil_student(model, bank, centre, micrographs, pre, cfg, device,
+                                             progress)
     save_checkpoint(out_dir / MODEL_FILE, model_payload(model, "finetuned", pre, to_dict(cfg),
                                                         bank=bank, centre=centre,
                                                         n_exemplars=len(exemplars),
