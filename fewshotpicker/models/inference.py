@@ -6,9 +6,9 @@ never trains it, so on a GPU a frozen copy pays: weights cast to bf16 once
 embedding as one matrix product instead of a 16 x 16 stride-16 convolution,
 and the MLP's GELU fused into its first matrix product (a cuBLASLt epilogue,
 the tanh form of GELU). On an H200 the ``base`` encoder went from 331 TFLOP/s
-under autocast to 420-450; compiled (:func:`compile_embed`: residual adds in
+under autocast to 425-445; compiled (:func:`compile_embed`: residual adds in
 the products' epilogues, biases carried into one fused pass with each
-LayerNorm) to 480-500, about half the bf16 peak. ``fewshotpicker benchmark
+LayerNorm) to 480-510, half the bf16 peak. ``fewshotpicker benchmark
 pick-speed`` prints the figures.
 
 The residual stream stays in bf16. Features agree with the fp32 model to a
