@@ -117,8 +117,8 @@ class ScoringEncoder(nn.Module):
 
     def tokens(self, imgs: torch.Tensor) -> torch.Tensor:
         """CLS + patch tokens with positions: ``(b, 1, s, s)`` -> ``(b, 1 + L, d)``."""
-        x = F.linear(patchify(imgs, self.patch), self.patch_weight) + self.patch_bias
-        return torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
+        patches = F.linear(patchify(imgs, self.patch), self.patch_weight)
+        return with_cls(patches, self.patch_bias, self.cls)
 
     def attention(self, attn: nn.Module, y: torch.Tensor) -> torch.Tensor:
         """Multi-head self-attention of normed tokens ``(b, n, d)`` before the output
@@ -143,11 +143,16 @@ def _affine(norm: nn.LayerNorm) -> tuple:
     return norm.weight, norm.bias, norm.eps
 
 
+def with_cls(patches: torch.Tensor, patch_bias: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    """Embedded patches ``(b, L, d)`` -> tokens ``(b, 1 + L, d)``: CLS first, positions and
+    the patch bias added (``patch_bias`` ``(L, d)``, ``cls`` ``(1, 1, d)``)."""
+    return torch.cat([cls.expand(patches.shape[0], -1, -1), patches + patch_bias], dim=1)
+
+
 def start_tokens(patches: torch.Tensor, patch_bias: torch.Tensor, cls: torch.Tensor,
                  weight: torch.Tensor, bias: torch.Tensor, eps: float) -> tuple:
-    """The stream ``x`` ``(b, 1 + L, d)`` from embedded patches ``(b, L, d)`` (CLS first,
-    positions added) and its first LayerNorm ``y``."""
-    x = torch.cat([cls.expand(patches.shape[0], -1, -1), patches + patch_bias], dim=1)
+    """The stream ``x`` ``(b, 1 + L, d)`` (:func:`with_cls`) and its first LayerNorm ``y``."""
+    x = with_cls(patches, patch_bias, cls)
     return x, F.layer_norm(x, x.shape[-1:], weight, bias, eps)
 
 

@@ -214,7 +214,7 @@ def finished_student(out_dir: Path, config: dict, steps: int) -> Optional[dict]:
     if not (model.exists() and checkpoint.exists()):
         return None
     try:
-        if load_checkpoint(checkpoint, kinds=["resume"])["step"] < steps:
+        if load_checkpoint(checkpoint, kinds=["resume"]).get("step", 0) < steps:
             return None
         payload = load_checkpoint(model, kinds=["finetuned"])
     except InputError:  # unreadable or of another kind: resuming reports it, or it is replaced
