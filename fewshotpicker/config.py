@@ -242,6 +242,8 @@ class PickConfig:
     stride: float = 0.0               # px between windows (0 = box / 5, the paper's 28 for ~150)
     coarse: int = 1                   # 2 = fast: every 2nd window first, the rest only near its peaks
     student: float = 0.0              # > 0: the student cascade, re-scoring this share of its peaks
+    student_check: bool = True        # student 0, threshold auto: keep the lower of the cutoffs fitted
+                                      # to the encoder's peaks and to the student cascade's
     min_distance: float = 0.0         # px between picks (0 = the particle radius, box / 2)
     shoulder_reach: float = 1.5       # boxes: drop a peak on the flank of a higher one this near (0 = off)
     shoulder_dip: float = 0.4         # ... unless the score falls by this share of its height between them

@@ -94,7 +94,7 @@ def encoder_rate(encoder, bank: Bank, batch: int, device: torch.device,
 def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: float = 180.0,
                  stride: float = 0.0, device: str = "auto", batch: int = 0, repeats: int = 3,
                  compile: bool = False, bank_size: int = 60, coarse: int = 1,
-                 student: float = 0.0, input_size: int = 0) -> dict:
+                 student: float = 0.0, input_size: int = 0, student_check: bool = False) -> dict:
     """Median seconds of picking one ``size`` micrograph, with the derived rates.
 
     coarse: 1 scores every window; 2 is the fast setting (``pick --coarse 2``).
@@ -103,6 +103,10 @@ def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: floa
     the share of windows either scores is only indicative; the picking
     benchmark reports the share on real score maps. input_size: the model input a
     box becomes (``train --input-size``; 0 = the model's own, 224 for base).
+    student_check: with ``student`` 0, also run the cascade that checks the automatic
+    cutoff (``pick``'s default for a model with a student); with random weights it
+    re-scores far more of the student's peaks than a trained student does, so its
+    cost here is an upper bound.
     """
     dev = resolve_device(device)
     batch = window_batch(batch, dev)
@@ -114,8 +118,8 @@ def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: floa
                 torch.zeros(model.cfg.embed_dim, device=dev))
     image = np.random.default_rng(0).normal(size=size).astype(np.float32)
     stride = stride or default_stride(box)
-    cfg = PickConfig(stride=stride, coarse=coarse, student=student)
-    net = ScoreStudent().to(dev).eval() if student > 0 else None
+    cfg = PickConfig(stride=stride, coarse=coarse, student=student, student_check=student_check)
+    net = ScoreStudent().to(dev).eval() if student > 0 or student_check else None
     start = time.perf_counter()
     encoder = scoring_encoder(model, dev, cfg.precision, compile)
     compile_s = time.perf_counter() - start if compile else None
@@ -145,7 +149,8 @@ def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: floa
             f"cpu ({torch.get_num_threads()} threads)",
             "model": model_size, "micrograph": f"{size[1]}x{size[0]}", "box": box,
             "stride": round(stride, 2), "input": model.cfg.img_size, "coarse": coarse,
-            "student": student, "batch": batch,
+            "student": student, "student_check": bool(student_check and not student),
+            "batch": batch,
             "windows": windows,
             "s_per_mic": seconds,
             "windows_per_s": windows / seconds, "tflops": tflops,

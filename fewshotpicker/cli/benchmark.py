@@ -90,7 +90,9 @@ def add_parser(sub) -> None:
                                                   "setting) or both as 1,2")
     p.add_argument("--student", type=float, default=0.4,
                    help="pick-speed: also time the student cascade (pick --student), the encoder "
-                        "re-scoring this share of the student's peaks; 0 = leave it out")
+                        "re-scoring this share of the student's peaks, and every window with "
+                        "the cascade checking the cutoff (pick's default for a model with a "
+                        "student; an upper bound with random weights); 0 = leave both out")
     p.add_argument("--input-size", default="0",
                    help="pick-speed: also time each --coarse setting with the model input made "
                         "this small (train --input-size; e.g. 160,112 for base); 0 = leave it out")
@@ -183,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
         w, h = numbers(args.size, "--size", sep="x", count=2)
         coarse = numbers(args.coarse, "--coarse")
         settings = [{"coarse": c} for c in coarse] + \
-            ([{"student": args.student}] if args.student > 0 else []) + \
+            ([{"student": args.student}, {"coarse": 1, "student_check": True}]
+             if args.student > 0 else []) + \
             [{"input_size": n, "coarse": c} for n in numbers(args.input_size, "--input-size")
              if n for c in coarse]
         result = [pick_speed.time_picking(args.model, (h, w), args.box, args.stride, args.device,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data.regions import Preprocess, crop_windows, prepare_micrograph, window_contrast_grid
+from ..data.regions import Preprocess, crop_windows, window_contrast_grid
 from ..errors import InputError
 from ..models.student import ScoreStudent, pad_to_stride, sample_at
 from .scoring import Bank, ScoreMap, grid_centres, score_windows
@@ -101,14 +101,14 @@ def rescore_best(model, bank: Bank, prepared: torch.Tensor, xy: np.ndarray,
         target = min(n, done + step)
 
 
-def pick_with_student(model, student: ScoreStudent, bank: Bank, image: np.ndarray,
-                      pre: Preprocess, stride_px: float, share: float, device: torch.device,
-                      batch: int, find_candidates, precision: str = "auto", cutoff=None):
-    """Candidates of one micrograph ``(h, w)`` by the cascade (see module docstring);
+def pick_with_student(model, student: ScoreStudent, bank: Bank, prepared: torch.Tensor,
+                      pre: Preprocess, stride_px: float, share: float, batch: int,
+                      find_candidates, precision: str = "auto", cutoff=None):
+    """Candidates of one prepared micrograph ``(h', w')`` by the cascade (see module
+    docstring; ``prepared`` from :func:`~fewshotpicker.data.regions.prepare_micrograph`);
     ``find_candidates(score_map)`` applies the peak rules, ``cutoff(scores)`` the
     micrograph's cutoff rule (which decides whether more candidates are re-scored).
     Returns the candidates with ``score_map.scored`` = re-scored windows / grid windows."""
-    prepared = prepare_micrograph(image, pre, device)
     step = max(1, int(round(stride_px * pre.scale)))
     smap = student_map(student, prepared, pre.img_size, step, pre.scale)
     cands = find_candidates(smap)

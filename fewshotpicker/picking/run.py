@@ -51,6 +51,21 @@ def pick_with_retry(model, bank, image, pre, cfg: PickConfig, device, batch: int
             log.warning("out of GPU memory on %s: batch reduced to %d windows", device, batch)
 
 
+def worker_student(payload: dict, cfg: PickConfig, device: torch.device, source: str):
+    """The model's student for the cascade (``cfg.student`` > 0; refused if there is none) or
+    for checking the automatic cutoff (when the model holds one; else None, said once)."""
+    if cfg.student > 0:
+        return load_student(payload, device, source)
+    if not (cfg.student_check and cfg.threshold == "auto"):
+        return None
+    if not payload.get("student"):
+        log.warning("%s holds no student (trained with --student-steps 0 or by an older "
+                    "version): the automatic cutoff is not checked against the student "
+                    "cascade's", source)
+        return None
+    return load_student(payload, device, source)
+
+
 GPU_BATCH, CPU_BATCH = 1024, 128
 
 
@@ -76,7 +91,7 @@ def _worker(model_path: str, device: torch.device, paths: List[Path], cfg: PickC
         log.warning("%s holds no exemplar contrast (trained by an older version): peaks are not "
                     "checked for ice, carbon or aggregates (--max-contrast); train again to "
                     "use that check", model_path)
-    student = load_student(payload, device, model_path) if cfg.student > 0 else None
+    student = worker_student(payload, cfg, device, model_path)
     batch = window_batch(cfg.batch_size, device)
     for path in paths:
         try:
@@ -158,6 +173,8 @@ def write_pick_outputs(results: Dict[str, object], cfg: PickConfig, out_dir: Pat
         frames.append(make_coordinates(name, xy, scores))
         key = micrograph_key(name)
         record = {"micrograph": name, "cutoff": res.cutoff, "rule": res.rule,
+                  "encoder_cutoff": None if np.isnan(res.encoder_cutoff) else res.encoder_cutoff,
+                  "student_cutoff": None if np.isnan(res.student_cutoff) else res.student_cutoff,
                   "exemplar_anchor": None if np.isnan(res.anchor) else round(res.anchor, 6),
                   "candidates": int(len(res.scores)),
                   "picks": int(len(scores)), "stride_px": res.score_map.stride_px,

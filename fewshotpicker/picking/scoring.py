@@ -230,7 +230,17 @@ def score_coarse_to_fine(model, grid: torch.Tensor, bank: Bank, batch: int, fact
 def score_micrograph(model, bank: Bank, image: np.ndarray, pre: Preprocess,
                      stride_px: float, device: torch.device, batch: int = 1024,
                      precision: str = "auto", coarse: int = 1) -> ScoreMap:
-    """Score map of one micrograph ``(h, w)``.
+    """Score map of one micrograph ``(h, w)`` (see :func:`score_prepared`)."""
+    prepared = prepare_micrograph(image, pre, device)
+    return score_prepared(model, bank, prepared, pre, stride_px, batch, precision, coarse)
+
+
+@torch.no_grad()
+def score_prepared(model, bank: Bank, prepared: torch.Tensor, pre: Preprocess,
+                   stride_px: float, batch: int = 1024, precision: str = "auto",
+                   coarse: int = 1) -> ScoreMap:
+    """Score map of one prepared micrograph ``(h', w')`` (from
+    :func:`~fewshotpicker.data.regions.prepare_micrograph`).
 
     stride_px: distance between windows in micrograph pixels (rounded to whole
     prepared-image pixels, at least 1). precision: ``auto`` (bf16 where native),
@@ -238,7 +248,6 @@ def score_micrograph(model, bank: Bank, image: np.ndarray, pre: Preprocess,
     ``coarse``-th first and refines around its peaks (:func:`score_coarse_to_fine`).
     """
     model.eval()
-    prepared = prepare_micrograph(image, pre, device)
     size = pre.img_size
     step = max(1, int(round(stride_px * pre.scale)))
     grid = window_grid(prepared, size, step)

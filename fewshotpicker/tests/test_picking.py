@@ -178,6 +178,37 @@ def test_anchored_cutoff_keeps_the_fewer_classes_when_the_anchor_cannot_tell(mon
     assert np.mean(particles > cut) < 0.8                        # cuts the lower tail
 
 
+def split_and_whole_views(seed: int) -> tuple:
+    """Cosines of one micrograph's candidates seen twice: the encoder's peaks, whose
+    particles (the first 170) form a top class and a lower tail that an anchored fit
+    splits, and the student cascade's, whose particles form one class."""
+    rng = np.random.default_rng(seed)
+    split = np.concatenate([rng.normal(3.35, 0.12, 120), rng.normal(2.95, 0.2, 50),
+                            rng.normal(-2.2, 0.05, 500), rng.normal(-0.5, 0.8, 20)])
+    whole = np.concatenate([rng.normal(3.3, 0.12, 170), rng.normal(-2.2, 0.05, 400),
+                            rng.normal(-0.5, 0.8, 20)])
+    return np.tanh(split), np.tanh(whole)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_the_student_view_keeps_the_particles_a_split_fit_would_cut(seed):
+    from fewshotpicker.picking.picker import checked_cutoff
+    split, whole = split_and_whole_views(seed)
+    cands = Candidates(np.zeros((len(split), 2)), split, None)
+    view = Candidates(np.zeros((len(whole), 2)), whole, None)
+    anchor = float(np.tanh(3.39))
+    cut = checked_cutoff(cands, view, "auto", anchor)
+    assert cands.encoder_cutoff == anchored_cutoff(split, anchor)
+    assert np.mean(split[:170] > cands.encoder_cutoff) < 0.8   # the fit alone splits them
+    assert cut == min(cands.encoder_cutoff, cands.student_cutoff)
+    assert np.mean(split[:170] > cut) > 0.98 and np.mean(split[170:] > cut) < 0.01
+    # a view too small for three classes of 25 is no check: the encoder's fit stands
+    small = Candidates(np.zeros((60, 2)), whole[-60:], None)
+    fresh = Candidates(np.zeros((len(split), 2)), split, None)
+    assert checked_cutoff(fresh, small, "auto", anchor) == fresh.encoder_cutoff
+    assert np.isnan(fresh.student_cutoff)
+
+
 def test_bank_leave_one_out_scores_each_exemplar_against_the_others_views():
     views = torch.tensor([[1.0, 0, 0], [0.6, 0.8, 0], [0, 0, 1.0],      # view 1 of 0, 1, 2
                           [0.8, 0, 0.6], [0, 1.0, 0], [0, 0.6, 0.8]])   # view 2 of 0, 1, 2
@@ -412,6 +443,11 @@ def test_pick_speed_counts_the_windows_each_setting_scores():
     first, step = int(np.ceil(0.4 * n)), int(np.ceil(0.1 * n))
     assert cascade["windows"] == n or (cascade["windows"] - first) % step == 0
     assert first <= cascade["windows"] <= n
+    checked = time_picking("micro", (120, 150), box=24.0, device="cpu", repeats=1,
+                           student_check=True)
+    # every window, then the cascade re-scores at least 40% of its peaks for the cutoff check
+    assert checked["student_check"] and full["student_check"] is False
+    assert checked["windows"] > full["windows"]
     small = time_picking("micro", (120, 150), box=24.0, device="cpu", repeats=1, input_size=16)
     # a 16 px input: 80 x 100 px prepared, step round(4.8 * 16 / 24) = 3 -> 22 by 29 windows
     assert small["input"] == 16 and full["input"] == 32 and small["windows"] == 22 * 29
@@ -435,6 +471,17 @@ def test_command_speed_model_picks_and_the_per_micrograph_cost_is_the_difference
         text = (tmp_path / folder / "noise_000_autopick.star").read_text()
         return [line for line in text.splitlines() if not line.startswith("#")]
     assert len(table("picks")) > 10 and table("compiled") == table("picks")
+    # the model holds a student: every window, then its cascade re-scores some peaks to check
+    # the automatic cutoff; --no-student-check scores every window once and no more
+    checked = json.loads((tmp_path / "picks" / "thresholds" / "noise_000.json").read_text())
+    assert checked["windows_scored"] > 1.0 and checked["encoder_cutoff"] is not None
+    assert main(["pick", "--model", str(model), "--micrographs", *map(str, mics), "--out",
+                 str(tmp_path / "unchecked"), "--device", "cpu", "--no-student-check"]) == 0
+    alone = json.loads((tmp_path / "unchecked" / "thresholds" / "noise_000.json").read_text())
+    assert alone["windows_scored"] == 1.0 and alone["encoder_cutoff"] is None
+    assert alone["student_cutoff"] is None and alone["candidates"] == checked["candidates"]
+    assert json.loads((tmp_path / "unchecked" / "config.json").read_text())["config"][
+        "student_check"] is False
     assert main(["pick", "--model", str(model), "--micrographs", *map(str, mics), "--out",
                  str(tmp_path / "cascade"), "--device", "cpu", "--student", "0.4"]) == 0
     record = json.loads((tmp_path / "cascade" / "thresholds" / "noise_000.json").read_text())

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from fewshotpicker.data.regions import Preprocess, crop_windows
+from fewshotpicker.data.regions import Preprocess, crop_windows, prepare_micrograph
 from fewshotpicker.errors import InputError
 from fewshotpicker.models.student import ScoreStudent, pad_to_stride, sample_at
 from fewshotpicker.picking.cascade import load_student, pick_with_student, rescore_best
@@ -69,15 +69,14 @@ def test_the_cascade_finds_new_blobs_and_rescores_them_with_the_encoder(student)
     from fewshotpicker.picking.picker import find_candidates
     truth = np.array([(50.0, 100.0), (130.0, 45.0), (120.0, 120.0)])
     image = blobs(truth, seed=3)
-    cands = pick_with_student(CentreModel(), student[0], BANK, image, PRE, 2.0, 0.3,
-                              torch.device("cpu"), 256,
+    prepared = prepare_micrograph(image, PRE, torch.device("cpu"))
+    cands = pick_with_student(CentreModel(), student[0], BANK, prepared, PRE, 2.0, 0.3, 256,
                               lambda m: find_candidates(m, image.shape, PRE.box,
                                                         PickConfig(model="x")))
     top = cands.xy[np.argsort(-cands.scores)[:3]]
     dist = np.linalg.norm(top[:, None] - truth[None], axis=-1).min(axis=1)
     assert dist.max() <= PRE.box / 4                 # IoU 0.5 allows a third of a box
     assert 0 < cands.score_map.scored < 0.2         # few windows went through the encoder
-    prepared = torch.as_tensor(image)             # no rescaling or filtering in PRE
     direct = score_windows(CentreModel(), crop_windows(
         prepared, torch.as_tensor(top, dtype=torch.float32), 16)[:, 0], BANK, "fp32")
     np.testing.assert_allclose(np.sort(cands.scores)[::-1][:3], direct.numpy(), atol=1e-4)

@@ -115,9 +115,12 @@ class TestFewShotWorkflow(BaseTest):
         # every micrograph picked exactly once
         self.assertEqual(len(glob.glob(self.pick._getExtraPath("picks", "*_autopick.star"))),
                          self.mics.getSize())
-        # the contrast check ran with the limit the trained model's exemplars set
+        # the contrast check ran with the limit the trained model's exemplars set, and the
+        # student cascade checked the cutoff (more windows than the grid holds)
         with open(self.pick._getExtraPath("pick.json")) as fh:
-            self.assertEqual(json.load(fh)["max_contrast"], 2.5)
+            config = json.load(fh)
+        self.assertEqual((config["max_contrast"], config["student_check"]), (2.5, True))
+        self.assertGreater(self._windowsScored(self.pick), 1.0)
         dropped = 0
         for path in glob.glob(self.pick._getExtraPath("thresholds", "*.json")):
             with open(path) as fh:
@@ -140,11 +143,13 @@ class TestFewShotWorkflow(BaseTest):
     def test_fast_scoring_finds_the_same_particles(self):
         fast = self._launch(FewShotProtPick, inputMicrographs=self.mics,
                             inputModel=self.train.outputModel, scoring=1, useGpu=False,
-                            compileEncoder=True)
+                            compileEncoder=True, studentCheck=False)
         with open(fast._getExtraPath("pick.json")) as fh:
             config = json.load(fh)
-        # compiling is asked for and passed on; the engine ignores it on the CPU
-        self.assertEqual((config["coarse"], config["compile"]), (2, True))
+        # compiling is asked for and passed on; the engine ignores it on the CPU; the
+        # cutoff is the model's own fit, without the student's check
+        self.assertEqual((config["coarse"], config["compile"], config["student_check"]),
+                         (2, True, False))
         self.assertLess(self._windowsScored(fast), 0.8)
         f1 = {"full": self._f1(self.pick), "fast": self._f1(fast)}
         self.assertGreater(f1["fast"], max(0.6, f1["full"] - 0.05), f1)
