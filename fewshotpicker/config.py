@@ -178,6 +178,7 @@ class PretrainConfig:
     mask_ratio: float = 0.75
     highpass: float = 4.0             # background removal, in boxes (0 = none)
     lowpass: float = 0.03             # denoising blur sigma, in boxes (0 = none)
+    film_edges: bool = True           # background per side of a carbon-film edge (data.film)
     checkpoint_every: int = 200       # steps
     device: str = "auto"              # auto | cpu | cuda | cuda:N
     compile: bool = False             # torch.compile the model (pays off on GPUs for long runs)
@@ -229,6 +230,7 @@ class TrainConfig:
     student_steps: int = 300          # training steps of the dense student (pick --student); 0 = none
     highpass: float = 4.0
     lowpass: float = 0.03
+    film_edges: bool = True           # background per side of a carbon-film edge (data.film)
     checkpoint_every: int = 100
     device: str = "auto"
     compile: bool = False

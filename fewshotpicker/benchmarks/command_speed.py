@@ -42,7 +42,7 @@ def random_picking_model(out: Path, model_size: str, box: float, bank_size: int 
     torch.manual_seed(0)
     model = build_mae(model_size)
     bank = F.normalize(torch.randn(bank_size, model.cfg.embed_dim), dim=1)
-    pre = Preprocess(box=box, img_size=model.cfg.img_size)
+    pre = Preprocess(box=box, img_size=model.cfg.img_size, film_edges=True)
     save_checkpoint(out / MODEL_FILE, model_payload(model, "finetuned", pre, {},
                                                     bank=bank, n_exemplars=bank_size // 4,
                                                     student=student_payload(ScoreStudent(), 0,

@@ -85,7 +85,7 @@ def model_auroc(model_dir: Path, ds: Dataset) -> Dict[str, float]:
 
 def reference_aurocs(ds: Dataset, img_size: int = 64) -> Dict[str, float]:
     """AUROC of the DoG response and of template matching (NCC) on the same crops."""
-    pre = Preprocess(box=ds.box, img_size=img_size)
+    pre = Preprocess(box=ds.box, img_size=img_size, film_edges=True)
     ex_path = next(p for p in ds.train
                    if micrograph_key(p) == micrograph_key(ds.exemplars["micrograph"].iloc[0]))
     ex = ds.exemplars[ds.exemplars["micrograph"].map(micrograph_key) == micrograph_key(ex_path)]

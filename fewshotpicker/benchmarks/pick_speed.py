@@ -113,7 +113,7 @@ def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: floa
     torch.manual_seed(0)
     model = build_mae(model_size).to(dev)
     model = (resize_input(model, input_size) if input_size else model).eval()
-    pre = Preprocess(box=box, img_size=model.cfg.img_size)
+    pre = Preprocess(box=box, img_size=model.cfg.img_size, film_edges=True)
     bank = Bank(F.normalize(torch.randn(model.cfg.embed_dim, bank_size, device=dev), dim=0),
                 torch.zeros(model.cfg.embed_dim, device=dev))
     image = np.random.default_rng(0).normal(size=size).astype(np.float32)

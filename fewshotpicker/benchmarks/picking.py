@@ -283,13 +283,14 @@ def run_folder(work: Path, ds: Dataset, prefix: str) -> Path:
 
 def ensure_pretrained(ds: Dataset, base: Path, st: BenchSettings) -> Path:
     """The data set's tiny MAE, pretrained once on all its micrographs; kept between runs in a
-    folder named after the pretraining settings, so a change of them never reuses it."""
-    out = base / f"pretrain_{st.pretrain_regions}x{st.pretrain_epochs}"
+    folder named after the pretraining settings and preparation (``_film``: film edges taken
+    apart, since session 18), so a change of them never reuses it."""
+    cfg = PretrainConfig(model="tiny", box=ds.box, epochs=st.pretrain_epochs,
+                         regions_per_micrograph=st.pretrain_regions, device=st.device, seed=0)
+    film = "_film" if cfg.film_edges else ""
+    out = base / f"pretrain_{st.pretrain_regions}x{st.pretrain_epochs}{film}"
     if not (out / "model.pt").exists():
-        pretrain(PretrainConfig(model="tiny", box=ds.box, epochs=st.pretrain_epochs,
-                                regions_per_micrograph=st.pretrain_regions, device=st.device,
-                                seed=0),
-                 ds.train + ds.test, out)
+        pretrain(cfg, ds.train + ds.test, out)
     return out
 
 

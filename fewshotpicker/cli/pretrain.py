@@ -16,8 +16,8 @@ from .common import (add_config_argument, expand_images, log, progress, start_ru
 
 FLAGS = {"model": "model", "box": "box", "regions": "regions_per_micrograph",
          "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "mask_ratio": "mask_ratio",
-         "checkpoint_every": "checkpoint_every", "device": "device", "compile": "compile",
-         "seed": "seed"}
+         "checkpoint_every": "checkpoint_every", "film_edges": "film_edges",
+         "device": "device", "compile": "compile", "seed": "seed"}
 
 
 def add_parser(sub) -> None:
@@ -35,6 +35,11 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, help="regions per step (default 128)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 2e-4)")
     p.add_argument("--mask-ratio", type=float, help="fraction of patches hidden (default 0.75)")
+    p.add_argument("--no-film-edges", dest="film_edges", action="store_const", const=False,
+                   help="where a carbon-film edge crosses a micrograph, its background is by "
+                        "default taken on each side of the edge apart, so the step leaves no "
+                        "bright and dark bands for the particles beside it; this flag keeps one "
+                        "Gaussian background for the whole micrograph")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--compile", action="store_const", const=True,

@@ -20,7 +20,7 @@ FLAGS = {"box": "box", "model": "model", "pretrained": "pretrained", "steps": "s
          "mask_ratio": "mask_ratio", "freeze_blocks": "freeze_blocks",
          "student_steps": "student_steps", "input_size": "input_size",
          "scs_features": "scs_features", "checkpoint_every": "checkpoint_every",
-         "device": "device", "compile": "compile", "seed": "seed"}
+         "film_edges": "film_edges", "device": "device", "compile": "compile", "seed": "seed"}
 
 
 def add_parser(sub) -> None:
@@ -58,6 +58,11 @@ def add_parser(sub) -> None:
                         "0.769 at 32)")
     p.add_argument("--scs-features", choices=["unmasked", "masked"],
                    help="features the SCS loss compares (default unmasked, as in picking)")
+    p.add_argument("--no-film-edges", dest="film_edges", action="store_const", const=False,
+                   help="where a carbon-film edge crosses a micrograph, its background is by "
+                        "default taken on each side of the edge apart, so the step leaves no "
+                        "bright and dark bands for the particles beside it; this flag keeps one "
+                        "Gaussian background for the whole micrograph")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")

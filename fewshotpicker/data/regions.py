@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from .blur import gaussian_blur
+from .film import film_regions, region_background
 
 log = logging.getLogger("fewshotpicker")
 
@@ -28,32 +30,14 @@ class Preprocess:
     img_size: int
     highpass: float = 4.0   # background blur, in boxes; 0 = none
     lowpass: float = 0.03   # denoising blur sigma, in boxes; 0 = none
+    # background per side of a carbon-film edge (:mod:`~fewshotpicker.data.film`); False for
+    # models trained before it, whose checkpoints do not name it
+    film_edges: bool = False
 
     @property
     def scale(self) -> float:
         """Model pixels per micrograph pixel."""
         return self.img_size / self.box
-
-
-def _gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``(h, w)`` with reflect padding (sigma in px).
-
-    Each axis is convolved through the FFT (zero-padded, so no wrap-around):
-    the same result as a direct convolution to float precision. On a
-    1170 x 1170 image on two CPU cores it took 0.048 s against 0.187 s at sigma
-    1.9 and 0.132 s against 0.578 s at sigma 128 (the background blur).
-    """
-    radius = int(min(3 * sigma, (min(img.shape) - 1) // 2))
-    x = torch.arange(-radius, radius + 1, device=img.device, dtype=img.dtype)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    k = k / k.sum()
-    out = F.pad(img[None, None], (radius, radius, radius, radius), mode="reflect")[0, 0]
-    for dim in (0, 1):
-        n = out.shape[dim] + 2 * radius
-        kernel = torch.fft.rfft(k, n=n).view((-1, 1) if dim == 0 else (1, -1))
-        full = torch.fft.irfft(torch.fft.rfft(out, n=n, dim=dim) * kernel, n=n, dim=dim)
-        out = full.narrow(dim, 2 * radius, out.shape[dim] - 2 * radius)
-    return out.contiguous()
 
 
 def prepare_micrograph(image: np.ndarray | torch.Tensor, pre: Preprocess,
@@ -64,7 +48,9 @@ def prepare_micrograph(image: np.ndarray | torch.Tensor, pre: Preprocess,
     of ``lowpass`` boxes removes the shot noise finer than the particle's
     features (it makes masked patches predictable, which MAE training needs),
     the background (a blur of ``highpass`` boxes) is subtracted, and the image
-    is divided by its robust standard deviation.
+    is divided by its robust standard deviation. With ``film_edges`` the
+    background of a micrograph crossed by a carbon-film edge is taken on each
+    side of the edge apart (:func:`background`).
     """
     img = torch.as_tensor(np.asarray(image, dtype=np.float32), device=device)
     h, w = img.shape
@@ -72,12 +58,24 @@ def prepare_micrograph(image: np.ndarray | torch.Tensor, pre: Preprocess,
     img = F.interpolate(img[None, None], size=size, mode="bilinear", align_corners=False,
                         antialias=pre.scale < 1)[0, 0]
     if pre.lowpass > 0:
-        img = _gaussian_blur(img, pre.lowpass * pre.img_size)
+        img = gaussian_blur(img, pre.lowpass * pre.img_size)
     if pre.highpass > 0:
-        img = img - _gaussian_blur(img, pre.highpass * pre.img_size / 2.0)
+        img = img - background(img, pre)
     med = img.median()
     mad = (img - med).abs().median() * 1.4826 + 1e-6
     return (img - med) / mad
+
+
+def background(img: torch.Tensor, pre: Preprocess) -> torch.Tensor:
+    """The slow background ``(h', w')`` of a rescaled, low-passed micrograph: its Gaussian
+    blur at ``highpass`` boxes, or with ``pre.film_edges`` and a film edge in the image,
+    that blur taken over each side of the edge alone
+    (:func:`~fewshotpicker.data.film.region_background`)."""
+    sigma = pre.highpass * pre.img_size / 2.0
+    regions = film_regions(img, pre.img_size) if pre.film_edges else None
+    if regions is None:
+        return gaussian_blur(img, sigma)
+    return region_background(img, regions, sigma, pre.img_size)
 
 
 def normalize_regions(x: torch.Tensor) -> torch.Tensor:

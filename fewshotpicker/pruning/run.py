@@ -24,6 +24,7 @@ every pick.
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -61,13 +62,14 @@ def build_classifier(cfg: PruneConfig, device: torch.device) -> tuple:
         old = payload.get("preprocess", {})
         box = cfg.box or float(old.get("box", 0))
         pre = Preprocess(box=box, img_size=encoder.cfg.img_size,
-                         highpass=old.get("highpass", 4.0), lowpass=old.get("lowpass", 0.03))
+                         highpass=old.get("highpass", 4.0), lowpass=old.get("lowpass", 0.03),
+                         film_edges=bool(old.get("film_edges", False)))
     else:
         log.warning("no model given: the pruner's encoder starts untrained (a pretrained or "
                     "fine-tuned model from 'pretrain' or 'train' judges picks far better).")
         torch.manual_seed(cfg.seed)
         encoder = build_mae(cfg.model_size).to(device)
-        pre = Preprocess(box=cfg.box, img_size=encoder.cfg.img_size)
+        pre = Preprocess(box=cfg.box, img_size=encoder.cfg.img_size, film_edges=True)
     if pre.box <= 0:
         raise InputError("The particle box size (--box, px) is required: the model records "
                          "none.")
@@ -193,14 +195,10 @@ def train_pruner(cfg: PruneConfig, picks: pd.DataFrame, positives: pd.DataFrame,
                     "PU pruner",
                     (lambda it, total: progress(it, desc="train", total=total))
                     if progress else None)
-    save_checkpoint(out_dir / MODEL_FILE, pruner_payload(clf, vars_of(pre), to_dict(cfg),
+    save_checkpoint(out_dir / MODEL_FILE, pruner_payload(clf, asdict(pre), to_dict(cfg),
                                                          prior=prior))
     return clf, pre, prior, device, history
 
-
-def vars_of(pre: Preprocess) -> dict:
-    return {"box": pre.box, "img_size": pre.img_size, "highpass": pre.highpass,
-            "lowpass": pre.lowpass}
 
 
 def matched(table: pd.DataFrame, micrographs: List[Path], source: str) -> pd.DataFrame:

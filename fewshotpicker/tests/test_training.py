@@ -55,7 +55,7 @@ def test_prepare_rescales_so_a_box_becomes_the_input_size():
 
 @pytest.mark.parametrize("sigma", [0.3, 1.9, 12.0, 40.0])
 def test_fft_blur_equals_a_direct_reflect_padded_convolution(sigma):
-    from fewshotpicker.data.regions import _gaussian_blur
+    from fewshotpicker.data.blur import gaussian_blur
     img = torch.from_numpy(np.random.default_rng(1).normal(size=(90, 130)).astype(np.float32))
     radius = int(min(3 * sigma, (min(img.shape) - 1) // 2))
     k = torch.exp(-0.5 * (torch.arange(-radius, radius + 1.0) / sigma) ** 2)
@@ -63,7 +63,7 @@ def test_fft_blur_equals_a_direct_reflect_padded_convolution(sigma):
     ref = torch.nn.functional.conv2d(torch.nn.functional.pad(
         img[None, None], (radius, radius, radius, radius), mode="reflect"),
         k.view(1, 1, 1, -1) * k.view(1, 1, -1, 1))[0, 0]
-    out = _gaussian_blur(img, sigma)
+    out = gaussian_blur(img, sigma)
     assert out.shape == img.shape
     np.testing.assert_allclose(out.numpy(), ref.numpy(), atol=2e-6)
 

@@ -242,7 +242,8 @@ def finetune(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame,
             model = resize_input(model, cfg.input_size)
         except ValueError as exc:
             raise InputError(f"--input-size: {exc}.") from None
-    pre = Preprocess(box=cfg.box, img_size=model.cfg.img_size, highpass=cfg.highpass, lowpass=cfg.lowpass)
+    pre = Preprocess(box=cfg.box, img_size=model.cfg.img_size, highpass=cfg.highpass,
+                     lowpass=cfg.lowpass, film_edges=cfg.film_edges)
     positives, pool, shifted, contrast = collect_regions(cfg, micrographs, exemplars, pre,
                                                          device, source)
     # freezing only makes sense for pretrained blocks

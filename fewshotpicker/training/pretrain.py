@@ -60,7 +60,8 @@ def pretrain(cfg: PretrainConfig, micrographs: List[Path], out_dir: Path,
     torch.manual_seed(cfg.seed)
     model = build_mae(cfg.model).to(device)
     pre = Preprocess(box=cfg.box or model.cfg.img_size, img_size=model.cfg.img_size,
-                     highpass=cfg.highpass, lowpass=cfg.lowpass)
+                     highpass=cfg.highpass, lowpass=cfg.lowpass,
+                     film_edges=cfg.film_edges)
     log.info("pretraining a %s MAE on %d micrographs (%d regions each, box %.0f px -> %d px) "
              "on %s", cfg.model, len(micrographs), cfg.regions_per_micrograph, pre.box,
              pre.img_size, device)
