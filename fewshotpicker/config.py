@@ -255,6 +255,8 @@ class PickConfig:
     k: int = 10                       # neighbours of the density cutoff
     quantile: float = 0.9             # global quantile of candidate scores when threshold=quantile
     exclude_border: float = 0.0       # px kept free at the edges
+    edge_windows: bool = False        # also windows centred up to the edges (image extended by
+                                      # reflection); False: only windows wholly inside
     batch_size: int = 0               # windows per encoder batch (0 = 1024 on a GPU, 128 on a CPU; shrinks on out-of-memory)
     device: str = "auto"              # auto | cpu | cuda | cuda:N | a list: 0,1,2
     precision: str = "auto"           # auto (bf16 on GPUs and CPUs with native bf16) | bf16 | fp32

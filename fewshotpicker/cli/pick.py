@@ -22,7 +22,8 @@ FLAGS = {"model": "model", "stride": "stride", "coarse": "coarse", "student": "s
          "shoulder_reach": "shoulder_reach", "shoulder_dip": "shoulder_dip",
          "max_contrast": "max_contrast",
          "threshold": "threshold", "k": "k", "quantile": "quantile",
-         "exclude_border": "exclude_border", "batch_size": "batch_size", "device": "device",
+         "exclude_border": "exclude_border", "edge_windows": "edge_windows",
+         "batch_size": "batch_size", "device": "device",
          "precision": "precision", "compile": "compile", "plots": "plots",
          "candidates": "candidates"}
 
@@ -72,6 +73,12 @@ def add_parser(sub) -> None:
     p.add_argument("--k", type=int, help="neighbours of the density cutoff (default 10)")
     p.add_argument("--quantile", type=float, help="with --threshold quantile (default 0.9)")
     p.add_argument("--exclude-border", type=float, help="px kept free at the edges")
+    p.add_argument("--edge-windows", dest="edge_windows", action="store_const", const=True,
+                   help="also score windows centred within half a box of an edge, the "
+                        "micrograph extended by reflection (as training extends exemplars "
+                        "there), so particles whose box crosses the edge can be picked; RELION "
+                        "extracts such boxes by repeating the edge pixels. Off by default: "
+                        "only windows wholly inside")
     p.add_argument("--batch-size", type=int,
                    help="windows per encoder batch (default 0: 1024 on a GPU, 128 on a CPU; "
                         "halves by itself when the GPU runs out of memory)")

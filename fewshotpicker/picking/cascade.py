@@ -17,7 +17,7 @@ import torch
 from ..data.regions import Preprocess, crop_windows, window_contrast_grid
 from ..errors import InputError
 from ..models.student import ScoreStudent, pad_to_stride, sample_at
-from .scoring import Bank, ScoreMap, grid_centres, score_windows
+from .scoring import Bank, ScoreMap, extend_to_edges, grid_centres, score_windows
 
 
 def load_student(payload: dict, device: torch.device, source: str) -> ScoreStudent:
@@ -34,20 +34,23 @@ def load_student(payload: dict, device: torch.device, source: str) -> ScoreStude
 
 @torch.no_grad()
 def student_map(student: ScoreStudent, prepared: torch.Tensor, size: int, step: int,
-                scale: float) -> ScoreMap:
-    """The student's scores on the window grid of ``prepared`` ``(h', w')`` (the grid the
-    encoder would score: windows of ``size`` every ``step`` prepared px)."""
+                scale: float, edges: bool = False) -> ScoreMap:
+    """The student's scores on the window grid of ``prepared`` ``(h', w')``: the grid the
+    encoder would score, windows of ``size`` every ``step`` prepared px, reaching the
+    edges with ``edges`` (:func:`~.scoring.extend_to_edges`). The student reads the image
+    itself, not the reflection, as it did when it was distilled."""
     h, w = prepared.shape
-    gy, gx = (h - size) // step + 1, (w - size) // step + 1
-    if gy < 1 or gx < 1:
+    if h < size or w < size:
         raise InputError(f"the micrograph ({h} x {w} px after rescaling) is smaller than one "
                          f"model window ({size} px).")
+    extended, pad = extend_to_edges(prepared, size, step) if edges else (prepared, 0)
+    gy, gx = (h + 2 * pad - size) // step + 1, (w + 2 * pad - size) // step + 1
     padded = pad_to_stride(prepared)
-    xy = grid_centres((gy, gx), step, size / 2.0).to(prepared.device)
+    xy = grid_centres((gy, gx), step, size / 2.0 - pad).to(prepared.device)
     scores = sample_at(student(padded), xy, padded.shape[-2:])
-    return ScoreMap(scores.reshape(gy, gx).float().cpu().numpy(), step, size / 2.0, scale,
-                    scored=0.0,
-                    contrast=window_contrast_grid(prepared, size, step).cpu().numpy())
+    return ScoreMap(scores.reshape(gy, gx).float().cpu().numpy(), step, size / 2.0 - pad,
+                    scale, scored=0.0,
+                    contrast=window_contrast_grid(extended, size, step).cpu().numpy())
 
 
 # when the last re-scored tenth of the candidates still holds this share of picks, the
@@ -103,14 +106,16 @@ def rescore_best(model, bank: Bank, prepared: torch.Tensor, xy: np.ndarray,
 
 def pick_with_student(model, student: ScoreStudent, bank: Bank, prepared: torch.Tensor,
                       pre: Preprocess, stride_px: float, share: float, batch: int,
-                      find_candidates, precision: str = "auto", cutoff=None):
+                      find_candidates, precision: str = "auto", cutoff=None,
+                      edges: bool = False):
     """Candidates of one prepared micrograph ``(h', w')`` by the cascade (see module
     docstring; ``prepared`` from :func:`~fewshotpicker.data.regions.prepare_micrograph`);
     ``find_candidates(score_map)`` applies the peak rules, ``cutoff(scores)`` the
-    micrograph's cutoff rule (which decides whether more candidates are re-scored).
+    micrograph's cutoff rule (which decides whether more candidates are re-scored);
+    ``edges``: the grid reaches the edges, as :func:`~.scoring.score_prepared`'s does.
     Returns the candidates with ``score_map.scored`` = re-scored windows / grid windows."""
     step = max(1, int(round(stride_px * pre.scale)))
-    smap = student_map(student, prepared, pre.img_size, step, pre.scale)
+    smap = student_map(student, prepared, pre.img_size, step, pre.scale, edges)
     cands = find_candidates(smap)
     cands.scores, n = rescore_best(model, bank, prepared, cands.xy, cands.scores, share,
                                    pre.scale, pre.img_size, batch, precision, cutoff)

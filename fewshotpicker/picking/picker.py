@@ -142,13 +142,14 @@ def pick_micrograph(model, bank, image: np.ndarray, pre: Preprocess, cfg: PickCo
     def cascade(share: float) -> Candidates:
         return pick_with_student(model, student, bank, prepared, pre, stride, share, batch,
                                  peaks, cfg.precision,
-                                 lambda s: choose_cutoff(s, rule, cfg.k, anchor=anchor))
+                                 lambda s: choose_cutoff(s, rule, cfg.k, anchor=anchor),
+                                 cfg.edge_windows)
 
     if student is not None and cfg.student > 0:
         cands = cascade(cfg.student)
     else:
         cands = peaks(score_prepared(model, bank, prepared, pre, stride, batch, cfg.precision,
-                                     cfg.coarse))
+                                     cfg.coarse, cfg.edge_windows))
     if checks_with_student(cfg, student):
         view = cascade(CHECK_SHARE)
         cands.cutoff = checked_cutoff(cands, view, rule, anchor)

@@ -64,6 +64,27 @@ def window_grid(prepared: torch.Tensor, size: int, step: int) -> torch.Tensor:
     return prepared.unfold(0, size, step).unfold(1, size, step)
 
 
+def edge_pad(shape: tuple, size: int, step: int) -> int:
+    """Prepared px by which :func:`extend_to_edges` extends each side of an image ``(h, w)``
+    so that windows of ``size`` every ``step`` px are centred as close to the edges as
+    the grid allows: the largest multiple of ``step`` not above ``size / 2`` (a multiple,
+    so the windows inside lie where they would without it; the first centre lies within
+    a step of the edge), less where the image is too small to reflect that far."""
+    room = (min(shape) - 1) // step
+    return step * max(0, min(int(size // 2) // step, room))
+
+
+def extend_to_edges(prepared: torch.Tensor, size: int, step: int) -> tuple:
+    """``(h, w)`` -> ``(h + 2 pad, w + 2 pad)`` extended by reflection, and ``pad``
+    (:func:`edge_pad`). Training fills exemplar boxes that cross the border the same way
+    (:func:`~fewshotpicker.data.regions.crop_raw`), so a particle near the edge gets a
+    window centred on it instead of only windows half a box away."""
+    pad = edge_pad(tuple(prepared.shape), size, step)
+    if pad == 0:
+        return prepared, 0
+    return F.pad(prepared[None, None], (pad,) * 4, mode="reflect")[0, 0], pad
+
+
 @dataclass
 class Bank:
     """Exemplar features ready for scoring: unit-norm centred ``(d, k)`` and the centre ``(d,)``.
@@ -229,16 +250,17 @@ def score_coarse_to_fine(model, grid: torch.Tensor, bank: Bank, batch: int, fact
 @torch.no_grad()
 def score_micrograph(model, bank: Bank, image: np.ndarray, pre: Preprocess,
                      stride_px: float, device: torch.device, batch: int = 1024,
-                     precision: str = "auto", coarse: int = 1) -> ScoreMap:
+                     precision: str = "auto", coarse: int = 1, edges: bool = False) -> ScoreMap:
     """Score map of one micrograph ``(h, w)`` (see :func:`score_prepared`)."""
     prepared = prepare_micrograph(image, pre, device)
-    return score_prepared(model, bank, prepared, pre, stride_px, batch, precision, coarse)
+    return score_prepared(model, bank, prepared, pre, stride_px, batch, precision, coarse,
+                          edges)
 
 
 @torch.no_grad()
 def score_prepared(model, bank: Bank, prepared: torch.Tensor, pre: Preprocess,
                    stride_px: float, batch: int = 1024, precision: str = "auto",
-                   coarse: int = 1) -> ScoreMap:
+                   coarse: int = 1, edges: bool = False) -> ScoreMap:
     """Score map of one prepared micrograph ``(h', w')`` (from
     :func:`~fewshotpicker.data.regions.prepare_micrograph`).
 
@@ -246,10 +268,14 @@ def score_prepared(model, bank: Bank, prepared: torch.Tensor, pre: Preprocess,
     prepared-image pixels, at least 1). precision: ``auto`` (bf16 where native),
     ``bf16`` or ``fp32``. coarse: 1 scores every window; 2 or more scores every
     ``coarse``-th first and refines around its peaks (:func:`score_coarse_to_fine`).
+    edges: windows also centred within half a box of the edges, the image
+    extended by reflection (:func:`extend_to_edges`); else only windows that
+    lie wholly inside.
     """
     model.eval()
     size = pre.img_size
     step = max(1, int(round(stride_px * pre.scale)))
+    prepared, pad = extend_to_edges(prepared, size, step) if edges else (prepared, 0)
     grid = window_grid(prepared, size, step)
     share = 1.0
     if coarse > 1 and min(grid.shape[:2]) > coarse:
@@ -258,5 +284,5 @@ def score_prepared(model, bank: Bank, prepared: torch.Tensor, pre: Preprocess,
         scores = score_grid(model, grid, bank, batch, precision)
     contrast = window_contrast_grid(prepared, size, step)
     # same centre convention as crop_windows: a window starts at centre - size / 2
-    return ScoreMap(scores.cpu().numpy(), step, size / 2.0, pre.scale, share,
+    return ScoreMap(scores.cpu().numpy(), step, size / 2.0 - pad, pre.scale, share,
                     contrast.cpu().numpy())

@@ -15,9 +15,9 @@ from fewshotpicker.io.mrc import read_image, write_mrc
 from fewshotpicker.models.mae import build_mae
 from fewshotpicker.picking import run as pick_run
 from fewshotpicker.picking.picker import Candidates, default_stride, find_candidates
-from fewshotpicker.picking.scoring import (Bank, ScoreMap, fill_unscored, refine_seeds,
-                                           score_coarse_to_fine, score_grid, score_micrograph,
-                                           window_grid)
+from fewshotpicker.picking.scoring import (Bank, ScoreMap, edge_pad, fill_unscored,
+                                           refine_seeds, score_coarse_to_fine, score_grid,
+                                           score_micrograph, score_prepared, window_grid)
 from fewshotpicker.picking.threshold import (anchored_cutoff, choose_cutoff, density_cutoff,
                                              gmm_cutoff, otsu2_cutoff, otsu_threshold,
                                              resolved_rule)
@@ -326,6 +326,23 @@ def test_candidates_table_holds_every_peak_and_picks_are_its_top(random_model, t
     assert summary["peak_gpu_memory_mb"] == {}  # CPU run
 
 
+def test_pick_edge_windows_flag_reaches_the_config_and_the_edges(random_model, tmp_path):
+    from fewshotpicker.io.coordinates import read_coordinates
+    mic = write_mrc(tmp_path / "m.mrc", np.random.default_rng(3).normal(size=(96, 120)))
+    near = {}
+    for flag, out in (([], "inside"), (["--edge-windows"], "edges")):
+        assert main(["pick", "--model", str(random_model), "--micrographs", str(mic), "--out",
+                     str(tmp_path / out), "--device", "cpu", "--candidates", *flag]) == 0
+        record = json.loads((tmp_path / out / "config.json").read_text())
+        assert record["config"]["edge_windows"] is bool(flag)
+        xy = read_coordinates(tmp_path / out / "candidates.star")[["x", "y"]].to_numpy()
+        near[out] = np.minimum(xy.min(axis=1), (np.array([119, 95]) - xy).min(axis=1)).min()
+    # box 24 px, 4.5 px between windows: windows wholly inside are centred 12 px in on the
+    # left and top, 11 px on the bottom (the grid does not divide the height), and a peak
+    # refines by at most half a stride; with edge windows candidates come to the edge itself
+    assert near["inside"] >= 11 - 2.25 and near["edges"] < 4
+
+
 def test_bf16_scores_match_fp32_to_a_few_thousandths(random_model):
     from fewshotpicker.picking.scoring import Bank, score_micrograph
     from fewshotpicker.training.common import load_mae
@@ -376,6 +393,36 @@ def test_coarse_to_fine_finds_a_peak_between_coarse_windows():
     # every peak of the fast map is a scored window with its true score
     is_peak = fast == torch.nn.functional.max_pool2d(fast[None, None], 3, 1, 1)[0, 0]
     np.testing.assert_allclose(fast[is_peak].numpy(), full[is_peak].numpy(), atol=1e-6)
+
+
+def test_edge_pad_keeps_the_grid_and_reaches_within_a_step_of_the_edge():
+    assert edge_pad((200, 220), 16, 2) == 8          # half a window: first centre at 0
+    assert edge_pad((200, 220), 64, 13) == 26        # 2 steps: first centre 6 px in
+    assert edge_pad((200, 220), 15, 4) == 4          # int(15 // 2) = 7 -> one step
+    assert edge_pad((10, 300), 16, 2) == 8 and edge_pad((5, 300), 16, 2) == 4   # reflection's
+    assert edge_pad((200, 220), 16, 20) == 0         # limit; a step above half a window
+
+
+def test_edge_windows_find_a_particle_whose_box_crosses_the_edge():
+    # a blob 4 px from the left edge: windows of 16 px wholly inside are centred 8 px in at
+    # the nearest, so only the extended grid has a window on it
+    pre = Preprocess(box=16, img_size=16, highpass=0.0, lowpass=0.0)
+    image = blob_image((4, 101), sigma=3.0)
+    prepared = prepare_micrograph(image, pre)
+    bank = Bank(torch.tensor([[1.0], [0.0]]), torch.zeros(2))
+    inside = score_prepared(CentreModel(), bank, prepared, pre, 2.0, 500, "fp32")
+    edge = score_prepared(CentreModel(), bank, prepared, pre, 2.0, 500, "fp32", edges=True)
+    assert inside.offset == 8.0 and edge.offset == 0.0
+    assert edge.scores.shape == (inside.scores.shape[0] + 8, inside.scores.shape[1] + 8)
+    # the windows inside lie and score as before
+    np.testing.assert_allclose(edge.scores[4:-4, 4:-4], inside.scores, atol=1e-6)
+    cfg = PickConfig(model="x", max_contrast=0.0)
+    found = find_candidates(edge, image.shape, pre.box, cfg)
+    missed = find_candidates(inside, image.shape, pre.box, cfg)
+    best = found.xy[np.argmax(found.scores)]         # the blob is the best candidate
+    assert np.hypot(*(best - (4, 101))) <= 1.0
+    near = np.hypot(*(missed.xy - (4, 101)).T) < 8.0
+    assert missed.scores[near].max(initial=-1.0) < found.scores.max() - 0.1
 
 
 def test_unscored_windows_are_the_coarse_map_interpolated():

@@ -91,6 +91,14 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
                            "median is dropped: ice crystals, carbon edges and aggregates, "
                            "which the model can mistake for particles. RELION's 'max stddev "
                            "noise', set by the exemplars. 0 = off.")
+        form.addParam("edgeWindows", params.BooleanParam, default=False,
+                      expertLevel=params.LEVEL_ADVANCED, label="Pick up to the edges?",
+                      help="Yes: the micrograph is extended by reflection, as training extends "
+                           "exemplars there, so particles whose box crosses the edge get a "
+                           "window centred on them (7-9% more windows: 1024 px micrographs "
+                           "with a 40 px box, 4096 px with 180 px). RELION extracts such boxes "
+                           "by repeating the edge pixels. No (default): only windows wholly "
+                           "inside, no pick within half a box of an edge.")
         form.addParam("batchSize", params.IntParam, default=0,
                       expertLevel=params.LEVEL_ADVANCED, label="Windows per batch",
                       help="Encoder batch; 0 = automatic (1024 windows on a GPU, 128 on a "
@@ -143,6 +151,7 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
                 "min_distance": self.minDistance.get(),
                 "shoulder_reach": self.shoulderReach.get(),
                 "max_contrast": self.maxContrast.get(),
+                "edge_windows": self.edgeWindows.get(),
                 "threshold": str(self.threshold.get()) if mode == "fixed" else mode,
                 "batch_size": self.batchSize.get(), "device": self.getDeviceSpec(),
                 "compile": self.compileEncoder.get(), "plots": True}
