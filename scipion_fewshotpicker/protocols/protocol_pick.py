@@ -99,6 +99,13 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
                            "with a 40 px box, 4096 px with 180 px). RELION extracts such boxes "
                            "by repeating the edge pixels. No (default): only windows wholly "
                            "inside, no pick within half a box of an edge.")
+        form.addParam("excludeBorder", params.FloatParam, default=0.0,
+                      expertLevel=params.LEVEL_ADVANCED, label="Keep picks from the edges (px)",
+                      help="Drop picks closer than this to an edge of the micrograph. Half "
+                           "the extraction box keeps only particles whose box lies wholly "
+                           "inside, which is what cryoSPARC extracts (it leaves out boxes "
+                           "that cross the edge) and what some labelled sets count "
+                           "(EMPIAR-10028 in CryoPPP). 0 = no margin beyond the windows'.")
         form.addParam("batchSize", params.IntParam, default=0,
                       expertLevel=params.LEVEL_ADVANCED, label="Windows per batch",
                       help="Encoder batch; 0 = automatic (1024 windows on a GPU, 128 on a "
@@ -152,6 +159,7 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
                 "shoulder_reach": self.shoulderReach.get(),
                 "max_contrast": self.maxContrast.get(),
                 "edge_windows": self.edgeWindows.get(),
+                "exclude_border": self.excludeBorder.get(),
                 "threshold": str(self.threshold.get()) if mode == "fixed" else mode,
                 "batch_size": self.batchSize.get(), "device": self.getDeviceSpec(),
                 "compile": self.compileEncoder.get(), "plots": True}

@@ -164,6 +164,24 @@ class TestFewShotWorkflow(BaseTest):
         f1 = {"full": self._f1(self.pick), "cascade": self._f1(cascade)}
         self.assertGreater(f1["cascade"], max(0.6, f1["full"] - 0.05), f1)
 
+    def test_picks_keep_the_asked_distance_from_the_edges(self):
+        margin = float(self.meta["box_px"])
+        kept = self._launch(FewShotProtPick, inputMicrographs=self.mics,
+                            inputModel=self.train.outputModel, scoring=2,
+                            excludeBorder=margin, useGpu=False)
+        with open(kept._getExtraPath("pick.json")) as fh:
+            self.assertEqual(json.load(fh)["exclude_border"], margin)
+
+        def edge_distance(prot):
+            picks = coordinates_table(prot.outputCoordinates, self.mics)
+            xy = picks[["x", "y"]].to_numpy(float)
+            return np.minimum(xy, np.array(SIM.shape[::-1]) - 1 - xy).min(axis=1)
+
+        self.assertTrue((edge_distance(self.pick) < margin).any())  # the margin has work
+        near = edge_distance(kept)
+        self.assertGreater(len(near), 0.3 * len(self.truth))
+        self.assertGreaterEqual(near.min(), margin - 1)
+
     def test_a_model_trained_at_a_smaller_input_picks_the_same_particles(self):
         smaller = self.newProtocol(FewShotProtTrain, steps=100, inputSize=20, studentSteps=0,
                                    useGpu=False)
