@@ -125,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
     if not (cfg.max_contrast == 0 or cfg.max_contrast >= 1):  # also refuses nan
         raise InputError(f"--max-contrast {cfg.max_contrast}: must be 0 (off) or at least 1 "
                          f"(times the exemplars' window contrast; 2.5 by default).")
+    if not cfg.exclude_border >= 0:  # also refuses nan
+        raise InputError(f"--exclude-border {cfg.exclude_border}: must be 0 (no margin) or more "
+                         f"pixels.")
     results = score_all(cfg, mics, lambda it, total: progress(it, "pick", total))
     good = [r for r in results.values() if not isinstance(r, str)]
     if not good:

@@ -223,6 +223,10 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
             if x and model.getBoxSize() > min(x, y):
                 errors.append(f"The model's box ({model.getBoxSize()} px) is larger than the "
                               f"micrographs ({x} x {y} px).")
+            if x and not 0 <= self.excludeBorder.get() < min(x, y) / 2:
+                errors.append(f"Keep picks from the edges: {self.excludeBorder.get()} px must "
+                              f"be 0 or more and leave room inside the {x} x {y} px "
+                              f"micrographs.")
             sr = model.getSamplingRate()
             if sr and abs(mics.getSamplingRate() - sr) > 0.02 * sr:
                 errors.append(f"The model was trained at {sr:.3f} Å/px, the micrographs are "

@@ -165,6 +165,11 @@ class TestFewShotWorkflow(BaseTest):
         self.assertGreater(f1["cascade"], max(0.6, f1["full"] - 0.05), f1)
 
     def test_picks_keep_the_asked_distance_from_the_edges(self):
+        wide = self.newProtocol(FewShotProtPick, excludeBorder=200.0, useGpu=False)
+        wide.inputMicrographs.set(self.mics)
+        wide.inputModel.set(self.train.outputModel)
+        self.assertIn("Keep picks from the edges: 200.0 px must be 0 or more and leave room "
+                      "inside the 320 x 320 px micrographs.", wide.validate())
         margin = float(self.meta["box_px"])
         kept = self._launch(FewShotProtPick, inputMicrographs=self.mics,
                             inputModel=self.train.outputModel, scoring=2,
