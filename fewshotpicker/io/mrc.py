@@ -78,11 +78,14 @@ def _check_finite(data: np.ndarray, path: Path) -> None:
             raise InputError(f"{path}: contains NaN or infinite values.")
 
 
-def read_image(path: str | os.PathLike) -> MrcData:
+def read_image(path: str | os.PathLike, min_side: float = 0) -> MrcData:
     """Read one 2D image as float32 ``(h, w)``.
 
     A file holding a single-section volume ``(1, h, w)`` is accepted; a stack
-    or volume with several sections is refused, as are NaN and inf values.
+    or volume with several sections is refused, as are complex values (a
+    Fourier transform), NaN and inf values, an image of one value everywhere (a
+    blank exposure) and, with ``min_side`` (px, a particle box), an image
+    narrower than that.
     """
     path = Path(path)
     mrc = _open(path)
@@ -90,6 +93,9 @@ def read_image(path: str | os.PathLike) -> MrcData:
         raw = mrc.data
         if raw is None or raw.size == 0:
             raise InputError(f"{path}: holds no data.")
+        if raw.dtype.kind == "c":
+            raise InputError(f"{path}: holds complex values (MRC mode {int(mrc.header.mode)}, "
+                             f"a Fourier transform), but a real-valued micrograph is expected.")
         if raw.ndim == 3 and raw.shape[0] == 1:
             raw = raw[0]
         if raw.ndim != 2:
@@ -100,7 +106,19 @@ def read_image(path: str | os.PathLike) -> MrcData:
     finally:
         mrc.close()
     _check_finite(data, path)
+    _check_image_content(data, path, min_side)
     return MrcData(data, pixel, path)
+
+
+def _check_image_content(data: np.ndarray, path: Path, min_side: float) -> None:
+    """Refuse a blank image ``(h, w)`` and one with a side under ``min_side`` px."""
+    h, w = data.shape
+    if min(h, w) < min_side:
+        raise InputError(f"{path}: the micrograph is {w} x {h} px, smaller than one particle "
+                         f"box ({min_side:g} px).")
+    if data.min() == data.max():
+        raise InputError(f"{path}: every pixel holds the same value ({data.flat[0]:g}); "
+                         f"a blank exposure, not a micrograph.")
 
 
 def open_volume(path: str | os.PathLike, check_finite: bool = True) -> MrcData:
@@ -118,6 +136,11 @@ def open_volume(path: str | os.PathLike, check_finite: bool = True) -> MrcData:
         shape = None if data is None else tuple(data.shape)
         mrc.close()
         raise InputError(f"{path}: holds data of shape {shape}, but a 3D volume is expected.")
+    if data.dtype.kind == "c":
+        mode = int(mrc.header.mode)
+        mrc.close()
+        raise InputError(f"{path}: holds complex values (MRC mode {mode}, a "
+                         f"Fourier transform), but a real-valued volume is expected.")
     if check_finite:
         _check_finite(data, path)
     return MrcData(data, _pixel_size(mrc), path)

@@ -81,6 +81,12 @@ def window_batch(requested: int, device: torch.device) -> int:
     return GPU_BATCH if device.type == "cuda" else CPU_BATCH
 
 
+def failure_message(path: Path, exc: Exception) -> str:
+    """``exc`` as one line that names ``path`` (InputErrors already do)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if str(path) in text else f"{path}: {text}"
+
+
 def _worker(model_path: str, device: torch.device, paths: List[Path], cfg: PickConfig,
             results: Dict[str, object], tick: Callable) -> None:
     model, payload = load_mae(model_path, device, kinds=["finetuned"])
@@ -96,13 +102,13 @@ def _worker(model_path: str, device: torch.device, paths: List[Path], cfg: PickC
     for path in paths:
         try:
             start = time.perf_counter()
-            image = read_image(path).data
+            image = read_image(path, pre.box).data
             cands, batch = pick_with_retry(model, bank, image, pre, cfg, device, batch, student)
             cands.seconds = time.perf_counter() - start
             results[str(path)] = cands
         except (InputError, RuntimeError, ValueError) as exc:
-            results[str(path)] = f"{exc}"
-            log.error("%s: not picked (%s)", path, exc)
+            results[str(path)] = failure_message(path, exc)
+            log.error("not picked: %s", results[str(path)])
         tick()
 
 
@@ -127,10 +133,12 @@ def score_all(cfg: PickConfig, micrographs: List[Path],
     with ThreadPoolExecutor(max_workers=len(devices)) as pool:
         futures = [pool.submit(_worker, cfg.model, dev, shard, cfg, results, tick)
                    for dev, shard in zip(devices, shards) if shard]
-        for f in futures:
-            f.result()
-    if bar is not None:
-        bar.close()
+        try:
+            for f in futures:
+                f.result()
+        finally:  # an error (a wrong model, say) then starts on a line of its own
+            if bar is not None:
+                bar.close()
     return results
 
 

@@ -22,7 +22,7 @@ def dog_pick_micrographs(paths: Iterable[Path], cfg: DogConfig,
     frames: List[pd.DataFrame] = []
     thresholds = {}
     for path in (progress(paths) if progress else paths):
-        image = read_image(path).data
+        image = read_image(path, cfg.diameter).data
         xy, scores, threshold = pick_dog(image, cfg)
         frames.append(make_coordinates(str(path), xy, scores))
         thresholds[str(path)] = threshold

@@ -28,7 +28,7 @@ def crops_per_micrograph(coords: pd.DataFrame, pre: Preprocess, size: int,
     for path in dict.fromkeys(names):
         mine = positions[names == path]
         xy = coords[["x", "y"]].to_numpy(float)[mine]
-        image = read_image(Path(path)).data
+        image = read_image(Path(path), pre.box).data
         check_inside(xy, image.shape, pre.box, source, warn)
         prepared = prepare_micrograph(image, pre, device)
         centres = torch.as_tensor(xy * pre.scale, dtype=torch.float32, device=device)

@@ -38,8 +38,33 @@ def test_integer_modes_are_read_as_float32(tmp_path):
 
 
 def test_single_section_volume_is_an_image(tmp_path):
-    write_mrc(tmp_path / "s.mrc", np.ones((1, 8, 9)))
+    write_mrc(tmp_path / "s.mrc", np.arange(72.0).reshape(1, 8, 9))
     assert read_image(tmp_path / "s.mrc").data.shape == (8, 9)
+
+
+def test_complex_values_are_refused_for_images_and_volumes(tmp_path):
+    for name, shape, read in (("ft.mrc", (8, 8), read_image), ("ft3.mrc", (4, 8, 8), open_volume)):
+        with mrcfile.new(tmp_path / name) as mrc:
+            mrc.set_data(np.full(shape, 1 + 2j, np.complex64))
+        with pytest.raises(InputError, match=rf"{name.replace('.', '[.]')}: holds complex values "
+                                             r"\(MRC mode 4, a Fourier transform\)"):
+            read(tmp_path / name)
+
+
+def test_blank_image_is_refused(tmp_path):
+    write_mrc(tmp_path / "blank.mrc", np.full((16, 16), 3.5))
+    with pytest.raises(InputError, match=r"blank\.mrc: every pixel holds the same value \(3\.5\)"):
+        read_image(tmp_path / "blank.mrc")
+
+
+def test_image_smaller_than_a_box_is_refused_only_when_a_box_is_given(tmp_path):
+    data = np.random.default_rng(0).normal(size=(30, 50))
+    write_mrc(tmp_path / "tiny.mrc", data)
+    assert read_image(tmp_path / "tiny.mrc").data.shape == (30, 50)
+    assert read_image(tmp_path / "tiny.mrc", min_side=30).data.shape == (30, 50)
+    with pytest.raises(InputError, match=r"tiny\.mrc: the micrograph is 50 x 30 px, smaller "
+                                         r"than one particle box \(40 px\)"):
+        read_image(tmp_path / "tiny.mrc", min_side=40)
 
 
 def test_missing_file(tmp_path):
@@ -92,7 +117,7 @@ def test_volume_is_memory_mapped_and_refuses_2d(tmp_path):
 
 def test_failed_write_leaves_old_file_and_no_temporary(tmp_path):
     path = tmp_path / "keep.mrc"
-    write_mrc(path, np.full((8, 8), 3.0))
+    write_mrc(path, np.arange(64.0).reshape(8, 8) + 3.0)
     with pytest.raises(RuntimeError):
         with atomic_path(path) as tmp:
             tmp.write_bytes(b"half")

@@ -1,5 +1,6 @@
 """Picking engine: window geometry, cutoffs, out-of-memory retry, failures that do not spread."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -267,6 +268,15 @@ def test_out_of_memory_halves_the_batch_and_retries(monkeypatch, random_model):
     assert result == "picked" and batch == 64 and calls == [512, 256, 128, 64]
 
 
+def test_a_failure_message_names_the_micrograph_once():
+    path = Path("/data/mic_7.mrc")
+    assert pick_run.failure_message(path, RuntimeError("CUDA error: misaligned address\nmore")) \
+        == "/data/mic_7.mrc: CUDA error: misaligned address"
+    assert pick_run.failure_message(path, ValueError(f"{path}: holds no data.")) == \
+        "/data/mic_7.mrc: holds no data."
+    assert pick_run.failure_message(path, RuntimeError()) == "/data/mic_7.mrc: RuntimeError"
+
+
 def test_a_bad_micrograph_is_reported_and_the_others_are_picked(random_model, tmp_path):
     rng = np.random.default_rng(1)
     good = [write_mrc(tmp_path / f"m{i}.mrc", rng.normal(size=(96, 120))) for i in range(2)]
@@ -278,6 +288,12 @@ def test_a_bad_micrograph_is_reported_and_the_others_are_picked(random_model, tm
     assert all(isinstance(results[str(g)], Candidates) for g in good)
     summary = pick_run.write_pick_outputs(results, cfg, tmp_path / "out")
     assert list(summary["failed"]) == [str(bad)]
+    small = write_mrc(tmp_path / "crop.mrc", rng.normal(size=(10, 120)))
+    blank = write_mrc(tmp_path / "blank.mrc", np.zeros((96, 120)))
+    more = pick_run.score_all(cfg, [small, blank])
+    assert more[str(small)].startswith(f"{small}: the micrograph is 120 x 10 px, smaller than")
+    assert more[str(blank)] == f"{blank}: every pixel holds the same value (0); a blank " \
+                               f"exposure, not a micrograph."
     assert (tmp_path / "out" / "autopick.star").exists()
     record = json.loads((tmp_path / "out" / "thresholds" / "m0.json").read_text())
     # this model does not say how many exemplars its bank holds: the BIC mixture decides

@@ -56,7 +56,7 @@ def region_bank(paths: List[Path], pre: Preprocess, per_micrograph: int, seed: i
     """
     out = []
     for i, path in enumerate(progress(paths) if progress else paths):
-        prepared = prepare_micrograph(read_image(path).data, pre, device)
+        prepared = prepare_micrograph(read_image(path, pre.box).data, pre, device)
         rng = np.random.default_rng([seed, i])
         centres = random_centres(tuple(prepared.shape), per_micrograph, rng,
                                  margin=pre.img_size / 2)

@@ -81,7 +81,7 @@ def collect_regions(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.Dat
     positives, pool, shifted, contrast = [], [], [], []
     per_mic = max(1, int(cfg.unlabeled_pool * len(exemplars) / len(micrographs)))
     for i, path in enumerate(micrographs):
-        image = read_image(path).data
+        image = read_image(path, pre.box).data
         prepared = prepare_micrograph(image, pre, device)
         mine = exemplars[exemplars["micrograph"] == str(path)][["x", "y"]].to_numpy(float)
         if len(mine):
@@ -198,7 +198,7 @@ def distil_student(model, bank: torch.Tensor, centre: torch.Tensor, micrographs:
     if cfg.student_steps <= 0:
         return None
     scorer = Bank.from_payload({"bank": bank, "centre": centre}, device)
-    images = [read_image(m).data for m in micrographs]
+    images = [read_image(m, pre.box).data for m in micrographs]
     return distil(model, scorer, images, pre, default_stride(pre.box), cfg.student_steps,
                   cfg.seed, device, window_batch(0, device),
                   (lambda it, desc, total: progress(it, desc=desc, total=total))
