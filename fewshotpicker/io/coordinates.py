@@ -72,21 +72,40 @@ def _read_star_blocks(path: Path) -> Dict[str, pd.DataFrame]:
     return {name: df for name, df in blocks.items() if isinstance(df, pd.DataFrame)}
 
 
+def _numbers(df: pd.DataFrame, cols: list, path: Path) -> np.ndarray:
+    """Columns ``cols`` of ``df`` as float ``(n, len(cols))``; refuses text, NaN and inf."""
+    for col in cols:
+        values = pd.to_numeric(df[col], errors="coerce").to_numpy(float)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise InputError(f"{path}: {col} holds {int(bad.sum())} value(s) that are not "
+                             f"finite numbers (first {df[col].iloc[row]!r}, row {row + 1}).")
+    return df[cols].apply(pd.to_numeric).to_numpy(float)
+
+
 def _table_from_star(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     """Convert one STAR loop with RELION coordinate columns to the engine table."""
     name_col = next((c for c in ("rlnMicrographName", "rlnTomoName") if c in df), None)
     if "rlnCoordinateX" in df and "rlnCoordinateY" in df:
         cols = ["rlnCoordinateX", "rlnCoordinateY"] + (["rlnCoordinateZ"]
                                                        if "rlnCoordinateZ" in df else [])
-        xyz = df[cols].to_numpy(dtype=float)
+        xyz = _numbers(df, cols, path)
     else:
         raise InputError(f"{path}: has no rlnCoordinateX/rlnCoordinateY columns, "
                          f"so it holds no particle coordinates.")
     names = df[name_col].astype(str) if name_col else [micrograph_key(path.name)] * len(df)
-    score = df["rlnAutopickFigureOfMerit"].to_numpy(float) if "rlnAutopickFigureOfMerit" in df \
-        else None
-    klass = df["rlnClassNumber"].to_numpy(int) if "rlnClassNumber" in df else None
+    score, klass = _score_and_class(df, path)
     return make_coordinates(list(names), xyz, score, klass)
+
+
+def _score_and_class(df: pd.DataFrame, path: Path) -> tuple:
+    """The figure of merit ``(n,)`` float and class ``(n,)`` int columns, each None if absent."""
+    score = _numbers(df, ["rlnAutopickFigureOfMerit"], path)[:, 0] \
+        if "rlnAutopickFigureOfMerit" in df else None
+    klass = _numbers(df, ["rlnClassNumber"], path)[:, 0].astype(int) \
+        if "rlnClassNumber" in df else None
+    return score, klass
 
 
 def _resolve(ref: str, index: Path) -> Path:
@@ -259,12 +278,11 @@ def read_tomo_coordinates(path: str | os.PathLike, shapes: Optional[Mapping[str,
         raise InputError(f"{path}: holds RELION 5 centred coordinates; the tomogram shapes "
                          f"and pixel size are needed to convert them to pixels.")
     keys = df["rlnTomoName"].astype(str).map(micrograph_key)
-    xyz = np.stack([df[f"rlnCenteredCoordinate{a}Angst"].to_numpy(float) / pixel_size
+    centred = _numbers(df, [f"rlnCenteredCoordinate{a}Angst" for a in "XYZ"], path)
+    xyz = np.stack([centred[:, i] / pixel_size
                     + keys.map(lambda k: shapes[k][d] / 2.0).to_numpy(float)
-                    for a, d in (("X", 2), ("Y", 1), ("Z", 0))], axis=1)
-    score = df["rlnAutopickFigureOfMerit"].to_numpy(float) if "rlnAutopickFigureOfMerit" in df \
-        else None
-    klass = df["rlnClassNumber"].to_numpy(int) if "rlnClassNumber" in df else None
+                    for i, d in ((0, 2), (1, 1), (2, 0))], axis=1)
+    score, klass = _score_and_class(df, path)
     return make_coordinates(list(keys), xyz, score, klass)
 
 
@@ -293,6 +311,9 @@ def read_box(path: str | os.PathLike) -> pd.DataFrame:
         return empty_coordinates()
     if rows.shape[1] < 4:
         raise InputError(f"{path}: is not an EMAN .box file (expected 4 numbers a line).")
+    if not np.isfinite(rows[:, :4]).all():
+        raise InputError(f"{path}: line {int(np.argmin(np.isfinite(rows[:, :4]).all(1))) + 1} "
+                         f"holds a value that is not a finite number.")
     centres = rows[:, :2] + rows[:, 2:4] / 2.0
     return make_coordinates(micrograph_key(path.name), centres)
 
@@ -320,9 +341,9 @@ def read_topaz(path: str | os.PathLike) -> pd.DataFrame:
     if not needed <= set(df.columns):
         raise InputError(f"{path}: is not a Topaz coordinate table (needs columns "
                          f"image_name, x_coord, y_coord).")
-    score = df["score"].to_numpy(float) if "score" in df else None
+    score = _numbers(df, ["score"], path)[:, 0] if "score" in df else None
     return make_coordinates(list(df["image_name"].astype(str)),
-                            df[["x_coord", "y_coord"]].to_numpy(float), score)
+                            _numbers(df, ["x_coord", "y_coord"], path), score)
 
 
 def match_micrographs(coords: pd.DataFrame, micrographs: Iterable[str],

@@ -70,6 +70,27 @@ def test_missing_star_and_unreadable_star(tmp_path):
         read_coordinates(tmp_path / "bad.star")
 
 
+def test_coordinates_that_are_not_numbers_are_refused_with_the_row(tmp_path):
+    head = "data_\nloop_\n_rlnMicrographName #1\n_rlnCoordinateX #2\n_rlnCoordinateY #3\n"
+    (tmp_path / "text.star").write_text(head + "m.mrc 10 20\nm.mrc 30 abc\n")
+    with pytest.raises(InputError, match=r"text\.star: rlnCoordinateY holds 1 value\(s\) that "
+                                         r"are not finite numbers \(first 'abc', row 2\)"):
+        read_coordinates(tmp_path / "text.star")
+    (tmp_path / "nan.star").write_text(head + "m.mrc nan 20\nm.mrc inf 5\nm.mrc 1 2\n")
+    with pytest.raises(InputError, match=r"nan\.star: rlnCoordinateX holds 2 value\(s\).*row 1"):
+        read_coordinates(tmp_path / "nan.star")
+    (tmp_path / "m.box").write_text("1\t2\t20\t20\nnan\t2\t20\t20\n")
+    with pytest.raises(InputError, match=r"m\.box: line 2 holds a value that is not a finite"):
+        read_coordinates(tmp_path / "m.box")
+    (tmp_path / "t.txt").write_text("image_name\tx_coord\ty_coord\tscore\nm\t1\t2\thigh\n")
+    with pytest.raises(InputError, match=r"t\.txt: score holds 1 value"):
+        read_coordinates(tmp_path / "t.txt")
+    # numbers written as text by other tools still read
+    (tmp_path / "ok.star").write_text(head + "m.mrc 10 20.5\nm.mrc 3e1 4\n")
+    np.testing.assert_allclose(read_coordinates(tmp_path / "ok.star")[["x", "y"]],
+                               [[10, 20.5], [30, 4]])
+
+
 def test_box_round_trip_uses_corners(tmp_path):
     picks = make_coordinates("m.mrc", [[50.0, 60.0], [10.0, 12.0]])
     write_box(picks, tmp_path / "m.box", box=20)
