@@ -93,6 +93,10 @@ class FewShotProtBase:
 
     def writeEngineConfig(self, name, values):
         """Write engine parameters to ``extra/<name>.json``; returns its path."""
+        return self.writeExtraJson(name, values)
+
+    def writeExtraJson(self, name, values):
+        """Write ``values`` to ``extra/<name>.json`` atomically; returns its path."""
         path = self._getExtraPath(name + ".json")
         tmp = path + ".tmp"
         with open(tmp, "w") as fh:

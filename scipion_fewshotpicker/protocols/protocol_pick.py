@@ -175,6 +175,30 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
                 src = os.path.join(batch, sub, micKey(mic) + suffix)
                 if os.path.exists(src):
                     shutil.move(src, os.path.join(dest, micKey(mic) + suffix))
+        self._recordFailures(os.path.join(batch, "picks", "summary.json"), micList)
+
+    def _recordFailures(self, summaryPath, micList):
+        """Add the micrographs the engine could not read (its summary's ``failed``: linked
+        path -> reason) to ``extra/failed.json`` under their own file names, for the summary."""
+        if not os.path.exists(summaryPath):
+            return
+        with open(summaryPath) as fh:
+            failed = json.load(fh).get("failed") or {}
+        names = {micKey(mic): os.path.basename(mic.getFileName()) for mic in micList}
+        if failed:
+            known = self.failedMicrographs()
+            for link, reason in failed.items():
+                key = os.path.splitext(os.path.basename(link))[0]
+                known[names.get(key, key)] = reason.split(": ", 1)[-1]
+            self.writeExtraJson("failed", known)
+
+    def failedMicrographs(self):
+        """``{micrograph file name: reason}`` of the micrographs the engine could not pick."""
+        path = self._getExtraPath("failed.json")
+        if not os.path.exists(path):
+            return {}
+        with open(path) as fh:
+            return json.load(fh)
 
     def previewPicks(self, micIndex, threshold, outDir):
         """Pick one micrograph (its position in the input set, from 1) at a cutoff, now and
@@ -243,6 +267,12 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
         if dropped:
             lines.append(f"{dropped} score peaks dropped as more contrasted than "
                          f"{self.maxContrast.get():g}x the exemplars (ice, carbon, aggregates).")
+        failed = self.failedMicrographs()
+        if failed:
+            lines.append(f"{len(failed)} micrograph(s) could not be picked (reasons in "
+                         f"extra/failed.json): " + "; ".join(
+                             f"{name}: {reason}" for name, reason in list(failed.items())[:3])
+                         + (" ..." if len(failed) > 3 else ""))
         return lines
 
     def droppedForContrast(self):

@@ -187,6 +187,28 @@ class TestFewShotWorkflow(BaseTest):
         self.assertGreater(len(near), 0.3 * len(self.truth))
         self.assertGreaterEqual(near.min(), margin - 1)
 
+    def test_a_micrograph_that_cannot_be_picked_is_named_and_the_others_are_picked(self):
+        from fewshotpicker.io.mrc import write_mrc
+        folder = self.getOutputPath("with_blank")
+        os.makedirs(folder, exist_ok=True)
+        good = os.path.join(folder, "mic_a.mrc")
+        os.symlink(os.path.abspath(f"{self.data}/micrographs/mic_000.mrc"), good)
+        write_mrc(os.path.join(folder, "mic_b.mrc"), np.zeros(SIM.shape, np.float32))
+        imp = self.newProtocol(ProtImportMicrographs, filesPath=folder, filesPattern="mic_*.mrc",
+                               samplingRate=SIM.pixel_size, voltage=300.0,
+                               sphericalAberration=2.7, amplitudeContrast=0.07)
+        self.launchProtocol(imp)
+        pick = self._launch(FewShotProtPick, inputMicrographs=imp.outputMicrographs,
+                            inputModel=self.train.outputModel, scoring=2, useGpu=False)
+        picks = coordinates_table(pick.outputCoordinates, imp.outputMicrographs)
+        self.assertEqual(set(picks["micrograph"]), {"mic_a"})
+        self.assertGreater(len(picks), 0.5 * (self.truth["micrograph"].map(micrograph_key)
+                                              == "mic_000").sum())
+        self.assertEqual(list(pick.failedMicrographs()), ["mic_b.mrc"])
+        self.assertIn("1 micrograph(s) could not be picked (reasons in extra/failed.json): "
+                      "mic_b.mrc: every pixel holds the same value (0); a blank exposure, not a "
+                      "micrograph.", pick.summary())
+
     def test_a_model_trained_at_a_smaller_input_picks_the_same_particles(self):
         smaller = self.newProtocol(FewShotProtTrain, steps=100, inputSize=20, studentSteps=0,
                                    useGpu=False)
