@@ -130,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
                          f"pixels.")
     results = score_all(cfg, mics, lambda it, total: progress(it, "pick", total))
     good = [r for r in results.values() if not isinstance(r, str)]
-    if not good:
+    if not good:  # the summary still names each micrograph and its reason (Scipion reads it)
+        write_summary(out, write_pick_outputs(results, cfg, out))
         raise InputError(f"None of the {len(mics)} micrographs could be picked; the first "
                          f"error was: {next(iter(results.values()))}")
     if cfg.threshold == "quantile":

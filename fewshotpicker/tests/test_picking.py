@@ -294,6 +294,11 @@ def test_a_bad_micrograph_is_reported_and_the_others_are_picked(random_model, tm
     assert more[str(small)].startswith(f"{small}: the micrograph is 120 x 10 px, smaller than")
     assert more[str(blank)] == f"{blank}: every pixel holds the same value (0); a blank " \
                                f"exposure, not a micrograph."
+    # when none can be picked the command fails, but its summary still names each one
+    assert main(["pick", "--model", str(random_model), "--micrographs", str(small), str(blank),
+                 "--out", str(tmp_path / "none"), "--device", "cpu"]) == 2
+    summary = json.loads((tmp_path / "none" / "summary.json").read_text())
+    assert summary["failed"] == more and summary["n_picks"] == 0
     assert (tmp_path / "out" / "autopick.star").exists()
     record = json.loads((tmp_path / "out" / "thresholds" / "m0.json").read_text())
     # this model does not say how many exemplars its bank holds: the BIC mixture decides

@@ -144,9 +144,24 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
         pwutils.cleanPath(batch)
         linkMicrographs(micList, os.path.join(batch, "micrographs"))
         config = self.writeEngineConfig("pick", self._pickValues())
-        self.runEngine("pick", config, f"--micrographs {self.quote([batch + '/micrographs'])} "
-                                       f"--out {self.quote([batch + '/picks'])}")
+        try:
+            self.runEngine("pick", config, f"--micrographs {self.quote([batch + '/micrographs'])} "
+                                           f"--out {self.quote([batch + '/picks'])}")
+        except Exception:
+            if not self._everyMicrographFailed(batch, micList):
+                raise  # a wrong model, say: the run stops with the engine's sentence
+            self.warning("None of this batch's micrographs could be read; they get no picks "
+                         "and the run goes on (see the summary).")
         self._collect(batch, micList)
+
+    def _everyMicrographFailed(self, batch, micList):
+        """Whether the engine's summary in ``batch`` names every micrograph as failed, so a
+        batch of unreadable micrographs does not stop a streaming run."""
+        path = os.path.join(batch, "picks", "summary.json")
+        if not os.path.exists(path):
+            return False
+        with open(path) as fh:
+            return len(json.load(fh).get("failed") or {}) == len(micList)
 
     def _pickValues(self):
         mode = THRESHOLDS[self.thresholdMode.get()]

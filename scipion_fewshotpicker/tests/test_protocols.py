@@ -208,6 +208,14 @@ class TestFewShotWorkflow(BaseTest):
         self.assertIn("1 micrograph(s) could not be picked (reasons in extra/failed.json): "
                       "mic_b.mrc: every pixel holds the same value (0); a blank exposure, not a "
                       "micrograph.", pick.summary())
+        # one micrograph per batch, as in streaming: the blank one's batch fails on its own
+        # and the run goes on
+        single = self._launch(FewShotProtPick, inputMicrographs=imp.outputMicrographs,
+                              inputModel=self.train.outputModel, scoring=2,
+                              streamingBatchSize=1, useGpu=False)
+        again = coordinates_table(single.outputCoordinates, imp.outputMicrographs)
+        self.assertEqual(len(again), len(picks))
+        self.assertEqual(list(single.failedMicrographs()), ["mic_b.mrc"])
 
     def test_a_model_trained_at_a_smaller_input_picks_the_same_particles(self):
         smaller = self.newProtocol(FewShotProtTrain, steps=100, inputSize=20, studentSteps=0,
