@@ -36,6 +36,16 @@ def linkMicrographs(mics, folder):
     return paths
 
 
+def reasonsByMicrograph(reasons, mics):
+    """The engine's ``{linked path: "path: reason"}`` (micrographs it could not read) as
+    ``{micrograph file name: reason}`` for the micrographs ``mics`` that were linked."""
+    if not reasons:
+        return {}
+    names = {micKey(mic): os.path.basename(mic.getFileName()) for mic in mics}
+    return {names.get(os.path.splitext(os.path.basename(link))[0], link):
+            reason.split(": ", 1)[-1] for link, reason in reasons.items()}
+
+
 def coordinateRows(coords, micsByName, scale=1.0):
     """``(objId, micKey, x, y)`` of every coordinate whose micrograph is in ``micsByName``.
 

@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     cfg, out = start_run("pretrain", PretrainConfig, args, FLAGS)
     summary = pretrain(cfg, mics, out, progress)
     write_summary(out, summary)
-    log.info("pretrained for %d steps on %d regions (final loss %.4f); model %s",
-             summary["steps"], summary["regions"], summary["final_loss"], out / "model.pt")
+    log.info("pretrained for %d steps on %d regions (final loss %.4f)%s; model %s",
+             summary["steps"], summary["regions"], summary["final_loss"],
+             f", {len(summary['skipped'])} unreadable micrograph(s) skipped (named in "
+             f"summary.json)" if summary["skipped"] else "", out / "model.pt")
     return 0

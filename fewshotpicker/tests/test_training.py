@@ -202,3 +202,20 @@ def test_train_speed_benchmark_prints_its_figures(capsys):
     assert header.split()[:4] == ["model", "device", "batch", "pretrain_steps_per_s"]
     assert row.split()[:3] == ["micro", "cpu", "8"]
     assert float(row.split()[3]) > 0
+
+
+def test_pretraining_skips_an_unreadable_micrograph_and_names_it(tmp_path):
+    from fewshotpicker.config import PretrainConfig
+    from fewshotpicker.io.mrc import write_mrc
+    from fewshotpicker.training.pretrain import pretrain
+    good = write_mrc(tmp_path / "good.mrc", np.random.default_rng(0).normal(size=(96, 96)))
+    blank = write_mrc(tmp_path / "blank.mrc", np.zeros((96, 96)))
+    cfg = PretrainConfig(model="micro", box=40, epochs=1, regions_per_micrograph=8,
+                         batch_size=8, device="cpu")
+    summary = pretrain(cfg, [blank, good], tmp_path / "run")
+    assert summary["regions"] == 8 and summary["steps"] == 1
+    assert summary["skipped"] == {str(blank): f"{blank}: every pixel holds the same value "
+                                              f"(0); a blank exposure, not a micrograph."}
+    with pytest.raises(InputError, match=r"None of the 1 micrographs could be read; the first "
+                                         r"problem: .*blank\.mrc: every pixel"):
+        pretrain(cfg, [blank], tmp_path / "none")

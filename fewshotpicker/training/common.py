@@ -48,21 +48,32 @@ def model_payload(model: MaskedAutoencoder, kind: str, pre: Preprocess, config: 
 
 
 def region_bank(paths: List[Path], pre: Preprocess, per_micrograph: int, seed: int,
-                device: torch.device, progress: Optional[Callable] = None) -> torch.Tensor:
-    """Random regions from every micrograph: ``(n, 1, s, s)`` on the CPU.
+                device: torch.device, progress: Optional[Callable] = None) -> tuple:
+    """Random regions from every readable micrograph: ``(n, 1, s, s)`` on the CPU, and
+    ``{path: reason}`` of the micrographs skipped as unreadable (each logged).
 
     Regions lie at least half a box inside each (prepared) micrograph; the
     positions depend only on ``seed`` and the micrograph's place in the list.
+    Raises InputError when no micrograph can be read.
     """
-    out = []
+    out, skipped = [], {}
     for i, path in enumerate(progress(paths) if progress else paths):
-        prepared = prepare_micrograph(read_image(path, pre.box).data, pre, device)
+        try:
+            image = read_image(path, pre.box).data
+        except InputError as exc:  # one bad exposure among many does not stop pretraining
+            skipped[str(path)] = str(exc)
+            log.warning("skipped: %s", exc)
+            continue
+        prepared = prepare_micrograph(image, pre, device)
         rng = np.random.default_rng([seed, i])
         centres = random_centres(tuple(prepared.shape), per_micrograph, rng,
                                  margin=pre.img_size / 2)
         out.append(crop_windows(prepared, torch.as_tensor(centres, dtype=torch.float32,
                                                           device=device), pre.img_size).cpu())
-    return torch.cat(out)
+    if not out:
+        raise InputError(f"None of the {len(paths)} micrographs could be read; the first "
+                         f"problem: {next(iter(skipped.values()))}")
+    return torch.cat(out), skipped
 
 
 def augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:

@@ -65,8 +65,8 @@ def pretrain(cfg: PretrainConfig, micrographs: List[Path], out_dir: Path,
     log.info("pretraining a %s MAE on %d micrographs (%d regions each, box %.0f px -> %d px) "
              "on %s", cfg.model, len(micrographs), cfg.regions_per_micrograph, pre.box,
              pre.img_size, device)
-    bank = region_bank(micrographs, pre, cfg.regions_per_micrograph, cfg.seed, device,
-                       (lambda it: progress(it, desc="regions")) if progress else None)
+    bank, skipped = region_bank(micrographs, pre, cfg.regions_per_micrograph, cfg.seed, device,
+                                (lambda it: progress(it, desc="regions")) if progress else None)
     bank = bank.to(device)
     forward = torch.compile(model) if cfg.compile else model
     steps = cfg.epochs * epoch_batches(len(bank), cfg.batch_size)
@@ -79,4 +79,4 @@ def pretrain(cfg: PretrainConfig, micrographs: List[Path], out_dir: Path,
                     if progress else None)
     save_checkpoint(out_dir / MODEL_FILE, model_payload(model, "pretrained", pre, to_dict(cfg)))
     return {"steps": steps, "regions": int(len(bank)), "final_loss": history[-1]["loss"],
-            "device": str(device)}
+            "device": str(device), "skipped": skipped}

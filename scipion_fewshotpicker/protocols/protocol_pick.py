@@ -11,7 +11,7 @@ from pwem.protocols import ProtParticlePickingAuto
 
 from .. import Plugin
 from ..constants import MODEL_FINETUNED
-from ..convert import addPicks, linkMicrographs, micKey, readPicks
+from ..convert import addPicks, linkMicrographs, micKey, readPicks, reasonsByMicrograph
 from .protocol_base import FewShotProtBase
 
 # appended, never reordered: saved projects store the index
@@ -198,14 +198,9 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
         if not os.path.exists(summaryPath):
             return
         with open(summaryPath) as fh:
-            failed = json.load(fh).get("failed") or {}
-        names = {micKey(mic): os.path.basename(mic.getFileName()) for mic in micList}
+            failed = reasonsByMicrograph(json.load(fh).get("failed"), micList)
         if failed:
-            known = self.failedMicrographs()
-            for link, reason in failed.items():
-                key = os.path.splitext(os.path.basename(link))[0]
-                known[names.get(key, key)] = reason.split(": ", 1)[-1]
-            self.writeExtraJson("failed", known)
+            self.writeExtraJson("failed", {**self.failedMicrographs(), **failed})
 
     def failedMicrographs(self):
         """``{micrograph file name: reason}`` of the micrographs the engine could not pick."""

@@ -1,10 +1,13 @@
 """FewShotProtPretrain: self-supervised MAE pretraining on unlabeled micrograph regions."""
+import json
+import os
+
 import pyworkflow.protocol.params as params
 from pwem.protocols import EMProtocol
 
 from ..constants import MODEL_PRETRAINED
 from ..objects import FewShotModel
-from ..convert import linkMicrographs
+from ..convert import linkMicrographs, reasonsByMicrograph
 from .protocol_base import MODEL_SIZES, FewShotProtBase
 
 
@@ -93,7 +96,21 @@ class FewShotProtPretrain(EMProtocol, FewShotProtBase):
         n = sum(p.get().getSize() for p in self.inputMicrographs if p.get() is not None)
         lines = [f"Regions of {self.boxSize.get()} px from {n} micrographs, "
                  f"{MODEL_SIZES[self.modelSize.get()]} model, {self.epochs.get()} epochs."]
+        skipped = self.skippedMicrographs()
+        if skipped:
+            lines.append(f"{len(skipped)} unreadable micrograph(s) skipped: " + "; ".join(
+                f"{name}: {reason}" for name, reason in list(skipped.items())[:3])
+                + (" ..." if len(skipped) > 3 else ""))
         return self._withModelLine(lines)
+
+    def skippedMicrographs(self):
+        """``{micrograph file name: reason}`` of the micrographs the engine could not read
+        (its summary's ``skipped``, keyed by the linked names)."""
+        path = os.path.join(self._modelFolder(), "summary.json")
+        if not os.path.exists(path):
+            return {}
+        with open(path) as fh:
+            return reasonsByMicrograph(json.load(fh).get("skipped"), self._allMicrographs())
 
     def _methods(self):
         return [f"A {MODEL_SIZES[self.modelSize.get()]} masked autoencoder [He2022MAE] was "

@@ -216,6 +216,12 @@ class TestFewShotWorkflow(BaseTest):
         again = coordinates_table(single.outputCoordinates, imp.outputMicrographs)
         self.assertEqual(len(again), len(picks))
         self.assertEqual(list(single.failedMicrographs()), ["mic_b.mrc"])
+        # pretraining skips it too, and says so
+        pre = self._launch(FewShotProtPretrain, inputMicrographs=[imp.outputMicrographs],
+                           boxSize=int(self.meta["box_px"]), epochs=1,
+                           regionsPerMicrograph=16, batchSize=16, useGpu=False)
+        self.assertIn("1 unreadable micrograph(s) skipped: mic_b.mrc: every pixel holds the "
+                      "same value (0); a blank exposure, not a micrograph.", pre.summary())
 
     def test_a_model_trained_at_a_smaller_input_picks_the_same_particles(self):
         smaller = self.newProtocol(FewShotProtTrain, steps=100, inputSize=20, studentSteps=0,
