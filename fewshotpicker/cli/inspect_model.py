@@ -28,7 +28,9 @@ def add_parser(sub) -> None:
 
 
 def describe(path: str | Path) -> dict:
-    """Kind, named size, box (px), model input (px) and exemplar count of a checkpoint."""
+    """Kind, named size, box (px), model input (px), exemplar count and the pixel size (Å) of
+    its training micrographs (None when their headers stated none, or trained before) of a
+    checkpoint."""
     model, payload = load_mae(path, torch.device("cpu"))
     size = next((name for name, cfg in MODEL_SIZES.items() if asdict(cfg) == asdict(model.cfg)),
                 "custom")
@@ -36,6 +38,7 @@ def describe(path: str | Path) -> dict:
     return {"path": str(resolve_model_file(path)), "kind": payload["kind"], "size": size,
             "box": float(pre.get("box", 0.0)), "img_size": int(model.cfg.img_size),
             "exemplars": int(payload.get("n_exemplars", 0)),
+            "pixel_size": payload.get("pixel_size"),
             "version": payload.get("version", "")}
 
 

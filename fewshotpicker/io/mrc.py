@@ -110,6 +110,25 @@ def read_image(path: str | os.PathLike, min_side: float = 0) -> MrcData:
     return MrcData(data, pixel, path)
 
 
+def read_pixel_size(path: str | os.PathLike) -> Optional[float]:
+    """The pixel size in Å that an MRC header states (None when unset or unreadable);
+    reads the header only."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+                return _pixel_size(mrc)
+    except Exception:  # an unreadable file is reported where its data are read
+        return None
+
+
+def pixel_size_mismatch(image: Optional[float], model: Optional[float],
+                        tolerance: float = 0.02) -> bool:
+    """Whether two pixel sizes (Å, None = unknown) are both known and differ by more than
+    ``tolerance`` of the model's."""
+    return bool(image and model and abs(image - model) > tolerance * model)
+
+
 def _check_image_content(data: np.ndarray, path: Path, min_side: float) -> None:
     """Refuse a blank image ``(h, w)`` and one with a side under ``min_side`` px."""
     h, w = data.shape

@@ -26,7 +26,7 @@ from ..errors import InputError
 from ..io.atomic import write_text_atomic
 from ..io.coordinates import (empty_coordinates, make_coordinates, micrograph_key, write_autopick,
                               write_coordinate_table)
-from ..io.mrc import read_image
+from ..io.mrc import pixel_size_mismatch, read_image
 from ..models.inference import scoring_encoder
 from ..training.common import load_mae
 from .cascade import load_student
@@ -87,6 +87,19 @@ def failure_message(path: Path, exc: Exception) -> str:
     return text if str(path) in text else f"{path}: {text}"
 
 
+def warn_pixel_size(image: Optional[float], model: Optional[float], path: Path,
+                    box: float) -> bool:
+    """Warn (once per worker: returns True) when a micrograph's header states another pixel
+    size (Å) than the model's training micrographs: the box in pixels no longer fits."""
+    if not pixel_size_mismatch(image, model):
+        return False
+    log.warning("%s: pixel size %.3f Å, but the model was trained on micrographs of %.3f Å, so "
+                "a particle spans %.0f px here, not the model's %.0f; pick micrographs at the "
+                "training pixel size or train again (further such micrographs are not named)",
+                path, image, model, box * model / image, box)
+    return True
+
+
 def _worker(model_path: str, device: torch.device, paths: List[Path], cfg: PickConfig,
             results: Dict[str, object], tick: Callable) -> None:
     model, payload = load_mae(model_path, device, kinds=["finetuned"])
@@ -99,10 +112,14 @@ def _worker(model_path: str, device: torch.device, paths: List[Path], cfg: PickC
                     "use that check", model_path)
     student = worker_student(payload, cfg, device, model_path)
     batch = window_batch(cfg.batch_size, device)
+    warned = False
     for path in paths:
         try:
             start = time.perf_counter()
-            image = read_image(path, pre.box).data
+            mrc = read_image(path, pre.box)
+            warned = warned or warn_pixel_size(mrc.pixel_size, payload.get("pixel_size"), path,
+                                               pre.box)
+            image = mrc.data
             cands, batch = pick_with_retry(model, bank, image, pre, cfg, device, batch, student)
             cands.seconds = time.perf_counter() - start
             results[str(path)] = cands

@@ -82,6 +82,7 @@ def test_finetune_writes_model_bank_curves(trained):
     assert np.mean([h["scs"] for h in history[-10:]]) < np.mean([h["scs"] for h in history[:10]])
     contrast = payload["exemplar_contrast"]          # for pick's contrast gate
     assert contrast.shape == (summary["exemplars"],) and bool((contrast > 0).all())
+    assert payload["pixel_size"] == pytest.approx(5.0)  # the simulator's header, for pick
     student = payload["student"]                     # the dense student for pick --student
     assert student["steps"] == 40 and np.isfinite(student["loss"]) and student["width"] == 64
 

@@ -268,6 +268,29 @@ def test_out_of_memory_halves_the_batch_and_retries(monkeypatch, random_model):
     assert result == "picked" and batch == 64 and calls == [512, 256, 128, 64]
 
 
+def test_micrographs_at_another_pixel_size_than_the_training_ones_are_flagged(tmp_path,
+                                                                                caplog):
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "model" / "model.pt",
+                    model_payload(build_mae("micro"), "finetuned", Preprocess(box=24, img_size=32),
+                                  {}, bank=torch.randn(8, 64), pixel_size=2.0))
+    rng = np.random.default_rng(0)
+    same = [write_mrc(tmp_path / f"same{i}.mrc", rng.normal(size=(64, 64)), pixel_size=2.02)
+            for i in range(2)]
+    binned = [write_mrc(tmp_path / f"bin{i}.mrc", rng.normal(size=(64, 64)), pixel_size=4.0)
+              for i in range(2)]
+    cfg = PickConfig(model=str(tmp_path / "model"), device="cpu")
+    with caplog.at_level("WARNING", logger="fewshotpicker"):
+        pick_run.score_all(cfg, same)
+    assert "pixel size" not in caplog.text  # within 2 %
+    with caplog.at_level("WARNING", logger="fewshotpicker"):
+        results = pick_run.score_all(cfg, binned)
+    assert caplog.text.count("pixel size 4.000") == 1  # once, not for every micrograph
+    assert f"{binned[0]}: pixel size 4.000 Å, but the model was trained on micrographs of " \
+           f"2.000 Å, so a particle spans 12 px here, not the model's 24" in caplog.text
+    assert all(isinstance(r, Candidates) for r in results.values())  # a warning, not a refusal
+
+
 def test_a_failure_message_names_the_micrograph_once():
     path = Path("/data/mic_7.mrc")
     assert pick_run.failure_message(path, RuntimeError("CUDA error: misaligned address\nmore")) \

@@ -26,8 +26,8 @@ from ..data.regions import (Preprocess, check_inside, crop_windows, normalize_re
 from ..device import autocast, resolve_device
 from ..errors import InputError
 from ..io.checkpoint import MODEL_FILE, RESUME_FILE, load_checkpoint, save_checkpoint
-from ..io.coordinates import match_micrographs
-from ..io.mrc import read_image
+from ..io.coordinates import match_micrographs, micrograph_key
+from ..io.mrc import read_image, read_pixel_size
 from ..losses import masked_mse, scs_loss
 from ..models.mae import MaskedAutoencoder, build_mae, resize_input
 from ..picking.picker import default_stride
@@ -103,6 +103,15 @@ def collect_regions(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.Dat
     empty = torch.empty(0, 1, pre.img_size, pre.img_size, device=device)
     return (torch.cat(positives), torch.cat(pool), torch.cat(shifted) if shifted else empty,
             torch.cat(contrast))
+
+
+def training_pixel_size(micrographs: List[Path], exemplars: pd.DataFrame) -> Optional[float]:
+    """Pixel size (Å) that the headers of the micrographs holding exemplars state (their
+    median; None when none states one): ``pick`` warns when it is given others."""
+    keys = set(exemplars["micrograph"].astype(str).map(micrograph_key))
+    sizes = [read_pixel_size(m) for m in micrographs if micrograph_key(str(m)) in keys]
+    sizes = [s for s in sizes if s]
+    return float(np.median(sizes)) if sizes else None
 
 
 def centre_crop(windows: torch.Tensor, size: int) -> torch.Tensor:
@@ -278,6 +287,8 @@ def finetune(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame,
                                                         bank=bank, centre=centre,
                                                         n_exemplars=len(exemplars),
                                                         exemplar_contrast=contrast,
-                                                        student=student))
+                                                        student=student,
+                                                        pixel_size=training_pixel_size(
+                                                            micrographs, exemplars)))
     return {"steps": cfg.steps, "exemplars": int(len(exemplars)), "bank": int(len(bank)),
             "final_loss": history[-1]["loss"], "device": str(device), **stats}
