@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The GPU checks of the picking engine, in one run (about 5 minutes on one H200):
+#   1. benchmark pick-speed: the base model on a 4096 x 4096 micrograph (box 180, stride 28),
+#      every window, --coarse 2, the student cascade, every window with the cascade checking the
+#      cutoff (pick's default for a trained model), and model input 160, each compiled;
+#   2. the main job (demo) on the GPU: pretraining, fine-tuning, distillation and both picking
+#      paths, with its scores beside the CPU's in README "On a GPU".
+# Five files go to $OUT (default gpu_check_out/): device.txt, pick_speed.log/.json, demo.log
+# and demo_report.md (the demo's own folder stays in /tmp: a device run brings back few files).
+# Needs python3 with torch (CUDA), timm, numpy, scipy, pandas, scikit-learn, matplotlib and
+# tqdm; mrcfile and starfile too, installed or carried as wheels in .whl/ (a device machine has
+# no network; see README "On a GPU").
+# GPU_CHECK_DEVICE, GPU_CHECK_MODEL and GPU_CHECK_SIZE override cuda, base and 4096x4096, and
+# GPU_CHECK_DEMO=0 leaves the main job out (a dry run on a CPU: GPU_CHECK_DEVICE=cpu
+# GPU_CHECK_MODEL=micro GPU_CHECK_SIZE=512x512 GPU_CHECK_DEMO=0).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_check_out}
+DEVICE=${GPU_CHECK_DEVICE:-cuda}
+MODEL=${GPU_CHECK_MODEL:-base}
+SIZE=${GPU_CHECK_SIZE:-4096x4096}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" > /dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/fewshot_site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/fewshot_site
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 FEWSHOTPICKER_NO_PROGRESS=1
+"$PY" - <<'EOF' 2>&1 | tee "$OUT/device.txt"
+import torch
+print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")
+EOF
+compile=()
+[ "$DEVICE" != cpu ] && compile=(--compile)
+status=0
+"$PY" -m fewshotpicker benchmark pick-speed --model "$MODEL" --size "$SIZE" --box 180 \
+    --stride 28 --coarse 1,2 --student 0.4 --input-size 160 --device "$DEVICE" "${compile[@]}" \
+    --out "$OUT/pick_speed.json" 2>&1 | tee "$OUT/pick_speed.log" || status=1
+if [ "${GPU_CHECK_DEMO:-1}" != 0 ]; then
+    demo=${TMPDIR:-/tmp}/fewshot_gpu_check_demo
+    "$PY" -m fewshotpicker demo --device "$DEVICE" --out "$demo" 2>&1 \
+        | tee "$OUT/demo.log" || status=1
+    cp "$demo/report.md" "$OUT/demo_report.md" 2>/dev/null
+fi
+exit $status
