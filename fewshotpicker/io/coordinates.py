@@ -65,6 +65,10 @@ def make_coordinates(micrograph: str | Iterable[str], xy: np.ndarray,
 def _read_star_blocks(path: Path) -> Dict[str, pd.DataFrame]:
     if not path.exists():
         raise InputError(f"{path}: file not found.")
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 20)
+    if head.strip() and b"data_" not in head:  # an empty file is an empty table
+        raise InputError(f"{path}: not a STAR file (it holds no data_ block).")
     try:
         blocks = starfile.read(path, always_dict=True)
     except Exception as exc:  # starfile raises several types on malformed text

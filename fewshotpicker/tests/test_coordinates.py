@@ -68,6 +68,11 @@ def test_missing_star_and_unreadable_star(tmp_path):
                                        "1 2 3 4 5\n")
     with pytest.raises(InputError, match=r"bad\.star"):
         read_coordinates(tmp_path / "bad.star")
+    (tmp_path / "junk.star").write_bytes(b"\x00\x01 not text at all")
+    with pytest.raises(InputError, match=r"junk\.star: not a STAR file \(it holds no data_ block\)"):
+        read_coordinates(tmp_path / "junk.star")
+    (tmp_path / "none.star").write_text("")  # some pickers leave an empty file: no picks
+    assert len(read_coordinates(tmp_path / "none.star")) == 0
 
 
 def test_coordinates_that_are_not_numbers_are_refused_with_the_row(tmp_path):
