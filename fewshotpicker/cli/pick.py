@@ -2,8 +2,9 @@
 
 Writes RELION ``<micrograph>_autopick.star`` files with ``autopick.star``, one
 ``thresholds/<micrograph>.json`` per micrograph (cutoff and score histogram;
-PNG too with ``--plots``) and ``summary.json``. A micrograph that fails is
-reported and the others still finish.
+PNG too with ``--plots``), ``summary.json`` and ``summary.png`` (picks and cutoff
+of every micrograph; those with unusually many or few picks are named). A
+micrograph that fails is reported and the others still finish.
 """
 from __future__ import annotations
 
@@ -147,4 +148,9 @@ def run(args: argparse.Namespace) -> int:
              if dropped else "",
              f", {len(summary['failed'])} failed" if summary["failed"] else "",
              out / "autopick.star")
+    if summary["unusual"]:
+        shown = ", ".join(summary["unusual"][:5]) + (" ..." if len(summary["unusual"]) > 5
+                                                     else "")
+        log.warning("%d micrograph(s) with unusually many or few picks (see summary.png): %s",
+                    len(summary["unusual"]), shown)
     return 0

@@ -69,3 +69,50 @@ def plot_picks(image: np.ndarray, score_map, picks_xy: np.ndarray, box: float,
         fig.savefig(tmp)
     plt.close(fig)
     return Path(path)
+
+
+def unusual_counts(counts: np.ndarray, limit: float = 4.0) -> np.ndarray:
+    """Indices of the counts ``(n,)`` (picks per micrograph) that lie more than ``limit``
+    robust standard deviations (1.4826 median absolute deviations, at least 1 pick and a
+    tenth of the median) from the median: an empty grid square, thick ice or a broken
+    exposure among the rest. None with fewer than 5 micrographs."""
+    counts = np.asarray(counts, dtype=float)
+    if len(counts) < 5:
+        return np.empty(0, dtype=int)
+    median = np.median(counts)
+    spread = max(1.4826 * np.median(np.abs(counts - median)), 1.0, 0.1 * median)
+    return np.flatnonzero(np.abs(counts - median) > limit * spread)
+
+
+def plot_pick_summary(names: list, counts: np.ndarray, cutoffs: np.ndarray, unusual: np.ndarray,
+                      path: str | Path, failed: int = 0) -> Path:
+    """Picks and cutoff of every micrograph picked ``(n,)`` in input order, the ``unusual``
+    ones (indices) in red and the first ten of them named; ``failed`` micrographs counted in
+    the title."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    index = np.arange(len(counts))
+    fig, axes = plt.subplots(2, 1, figsize=(8, 5), dpi=100, sharex=True)
+    for ax, values, label in ((axes[0], counts, "picks"), (axes[1], cutoffs, "cutoff")):
+        ax.plot(index, values, ".", color="tab:blue", markersize=4)
+        ax.plot(index[unusual], np.asarray(values)[unusual], "o", color="red", markersize=5,
+                fillstyle="none")
+        ax.set_ylabel(label, fontsize=8)
+    axes[0].axhline(np.median(counts) if len(counts) else 0, color="grey", linewidth=0.8)
+    for i in list(unusual)[:10]:
+        axes[0].annotate(names[i], (i, counts[i]), fontsize=6, color="red",
+                         xytext=(3, 3), textcoords="offset points")
+    axes[0].set_title(f"{len(counts)} micrographs, {int(np.sum(counts))} picks "
+                      f"(median {np.median(counts) if len(counts) else 0:.0f}); "
+                      f"{len(unusual)} unusual in red" + (f"; {failed} not picked" if failed
+                                                           else ""), fontsize=9)
+    axes[1].set_xlabel("micrograph (input order)", fontsize=8)
+    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)

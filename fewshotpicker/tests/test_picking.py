@@ -16,6 +16,7 @@ from fewshotpicker.io.mrc import read_image, write_mrc
 from fewshotpicker.models.mae import build_mae
 from fewshotpicker.picking import run as pick_run
 from fewshotpicker.picking.picker import Candidates, default_stride, find_candidates
+from fewshotpicker.picking.plots import unusual_counts
 from fewshotpicker.picking.scoring import (Bank, ScoreMap, edge_pad, fill_unscored,
                                            refine_seeds, score_coarse_to_fine, score_grid,
                                            score_micrograph, score_prepared, window_grid)
@@ -291,6 +292,16 @@ def test_micrographs_at_another_pixel_size_than_the_training_ones_are_flagged(tm
     assert all(isinstance(r, Candidates) for r in results.values())  # a warning, not a refusal
 
 
+def test_micrographs_with_unusually_many_or_few_picks_are_flagged(tmp_path):
+    counts = np.array([100, 104, 98, 101, 97, 99, 300, 2, 103])
+    np.testing.assert_array_equal(unusual_counts(counts), [6, 7])
+    assert len(unusual_counts(counts[:4] * 0 + [0, 0, 0, 3])) == 0  # a spread of at least 1
+    assert len(unusual_counts([100, 0, 100])) == 0                    # too few to tell
+    summary = {f"/d/m{i}.mrc": {"picks": int(c), "cutoff": 0.9} for i, c in enumerate(counts)}
+    assert pick_run.summarise_counts(summary, tmp_path / "s.png") == ["/d/m6.mrc", "/d/m7.mrc"]
+    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_a_failure_message_names_the_micrograph_once():
     path = Path("/data/mic_7.mrc")
     assert pick_run.failure_message(path, RuntimeError("CUDA error: misaligned address\nmore")) \
@@ -553,6 +564,7 @@ def test_command_speed_model_picks_and_the_per_micrograph_cost_is_the_difference
                  str(tmp_path / "picks"), "--device", "cpu"]) == 0
     summary = json.loads((tmp_path / "picks" / "summary.json").read_text())
     assert len(summary["micrographs"]) == 2 and summary["failed"] == {}
+    assert summary["unusual"] == [] and (tmp_path / "picks" / "summary.png").stat().st_size > 5000
     # --compile is for GPU scoring: on the CPU it is recorded and the picks do not change
     assert main(["pick", "--model", str(model), "--micrographs", *map(str, mics), "--out",
                  str(tmp_path / "compiled"), "--device", "cpu", "--compile"]) == 0
