@@ -152,7 +152,8 @@ def test_demo_main_job_writes_picks_report_and_scores(tmp_path, capsys):
     for path in ("picks/autopick.star", "picks_dog/autopick.star", "train/model.pt",
                  "picks_student/autopick.star",
                  "pretrain/model.pt", "train/losses.png", "picks_example.png",
-                 "picks/thresholds/mic_001.png", "evaluation_fewshot/precision_recall.png"):
+                 "picks/thresholds/mic_001.png", "evaluation_fewshot/precision_recall.png",
+                 "picks/summary.png"):
         assert (tmp_path / path).exists(), path
     # the fine-tuned model knows its exemplars, so the automatic cutoff can be anchored
     record = json.loads((tmp_path / "picks" / "thresholds" / "mic_001.json").read_text())
