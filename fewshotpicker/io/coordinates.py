@@ -340,7 +340,11 @@ def read_topaz(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found.")
-    df = pd.read_csv(path, sep="\t")
+    try:
+        df = pd.read_csv(path, sep="\t")
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"{path}: is not a Topaz coordinate table ({type(exc).__name__}).") \
+            from None
     needed = {"image_name", "x_coord", "y_coord"}
     if not needed <= set(df.columns):
         raise InputError(f"{path}: is not a Topaz coordinate table (needs columns "

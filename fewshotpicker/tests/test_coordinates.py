@@ -90,6 +90,12 @@ def test_coordinates_that_are_not_numbers_are_refused_with_the_row(tmp_path):
     (tmp_path / "t.txt").write_text("image_name\tx_coord\ty_coord\tscore\nm\t1\t2\thigh\n")
     with pytest.raises(InputError, match=r"t\.txt: score holds 1 value"):
         read_coordinates(tmp_path / "t.txt")
+    for name, content in (("junk.txt", b"\x00\x01\xff\xfe garbage"),
+                          ("open.txt", b'image_name\tx_coord\n"unterminated\t1\n'),
+                          ("empty.txt", b"")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(InputError, match=rf"{name.replace('.', '[.]')}: is not a Topaz"):
+            read_coordinates(tmp_path / name)
     # numbers written as text by other tools still read
     (tmp_path / "ok.star").write_text(head + "m.mrc 10 20.5\nm.mrc 3e1 4\n")
     np.testing.assert_allclose(read_coordinates(tmp_path / "ok.star")[["x", "y"]],
