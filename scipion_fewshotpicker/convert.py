@@ -36,6 +36,21 @@ def linkMicrographs(mics, folder):
     return paths
 
 
+def readJsonOrEmpty(path):
+    """The dict a JSON file holds, or ``{}`` when there is no such file."""
+    import json
+    if not os.path.exists(path):
+        return {}
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def listReasons(reasons, shown=3):
+    """``{micrograph: reason}`` as one summary line: the first ``shown``, then '...'."""
+    return "; ".join(f"{name}: {reason}" for name, reason in list(reasons.items())[:shown]) \
+        + (" ..." if len(reasons) > shown else "")
+
+
 def reasonsByMicrograph(reasons, mics):
     """The engine's ``{linked path: "path: reason"}`` (micrographs it could not read) as
     ``{micrograph file name: reason}`` for the micrographs ``mics`` that were linked."""

@@ -11,7 +11,8 @@ from pwem.protocols import ProtParticlePickingAuto
 
 from .. import Plugin
 from ..constants import MODEL_FINETUNED
-from ..convert import addPicks, linkMicrographs, micKey, readPicks, reasonsByMicrograph
+from ..convert import (addPicks, linkMicrographs, listReasons, micKey, readJsonOrEmpty,
+                       readPicks, reasonsByMicrograph)
 from .protocol_base import FewShotProtBase
 
 # appended, never reordered: saved projects store the index
@@ -148,20 +149,18 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
             self.runEngine("pick", config, f"--micrographs {self.quote([batch + '/micrographs'])} "
                                            f"--out {self.quote([batch + '/picks'])}")
         except Exception:
-            if not self._everyMicrographFailed(batch, micList):
-                raise  # a wrong model, say: the run stops with the engine's sentence
+            # a batch of unreadable micrographs does not stop a streaming run; anything else
+            # (a wrong model, say) stops it with the engine's sentence
+            if len(self._batchFailures(batch, micList)) != len(micList):
+                raise
             self.warning("None of this batch's micrographs could be read; they get no picks "
                          "and the run goes on (see the summary).")
         self._collect(batch, micList)
 
-    def _everyMicrographFailed(self, batch, micList):
-        """Whether the engine's summary in ``batch`` names every micrograph as failed, so a
-        batch of unreadable micrographs does not stop a streaming run."""
-        path = os.path.join(batch, "picks", "summary.json")
-        if not os.path.exists(path):
-            return False
-        with open(path) as fh:
-            return len(json.load(fh).get("failed") or {}) == len(micList)
+    def _batchFailures(self, batch, micList):
+        """``{micrograph file name: reason}`` from the engine's summary of ``batch``."""
+        summary = readJsonOrEmpty(os.path.join(batch, "picks", "summary.json"))
+        return reasonsByMicrograph(summary.get("failed"), micList)
 
     def _pickValues(self):
         mode = THRESHOLDS[self.thresholdMode.get()]
@@ -190,25 +189,13 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
                 src = os.path.join(batch, sub, micKey(mic) + suffix)
                 if os.path.exists(src):
                     shutil.move(src, os.path.join(dest, micKey(mic) + suffix))
-        self._recordFailures(os.path.join(batch, "picks", "summary.json"), micList)
-
-    def _recordFailures(self, summaryPath, micList):
-        """Add the micrographs the engine could not read (its summary's ``failed``: linked
-        path -> reason) to ``extra/failed.json`` under their own file names, for the summary."""
-        if not os.path.exists(summaryPath):
-            return
-        with open(summaryPath) as fh:
-            failed = reasonsByMicrograph(json.load(fh).get("failed"), micList)
-        if failed:
+        failed = self._batchFailures(batch, micList)
+        if failed:  # kept for the summary
             self.writeExtraJson("failed", {**self.failedMicrographs(), **failed})
 
     def failedMicrographs(self):
         """``{micrograph file name: reason}`` of the micrographs the engine could not pick."""
-        path = self._getExtraPath("failed.json")
-        if not os.path.exists(path):
-            return {}
-        with open(path) as fh:
-            return json.load(fh)
+        return readJsonOrEmpty(self._getExtraPath("failed.json"))
 
     def previewPicks(self, micIndex, threshold, outDir):
         """Pick one micrograph (its position in the input set, from 1) at a cutoff, now and
@@ -280,9 +267,7 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
         failed = self.failedMicrographs()
         if failed:
             lines.append(f"{len(failed)} micrograph(s) could not be picked (reasons in "
-                         f"extra/failed.json): " + "; ".join(
-                             f"{name}: {reason}" for name, reason in list(failed.items())[:3])
-                         + (" ..." if len(failed) > 3 else ""))
+                         f"extra/failed.json): {listReasons(failed)}")
         return lines
 
     def droppedForContrast(self):

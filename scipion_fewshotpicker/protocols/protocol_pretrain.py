@@ -1,5 +1,4 @@
 """FewShotProtPretrain: self-supervised MAE pretraining on unlabeled micrograph regions."""
-import json
 import os
 
 import pyworkflow.protocol.params as params
@@ -7,7 +6,7 @@ from pwem.protocols import EMProtocol
 
 from ..constants import MODEL_PRETRAINED
 from ..objects import FewShotModel
-from ..convert import linkMicrographs, reasonsByMicrograph
+from ..convert import linkMicrographs, listReasons, readJsonOrEmpty, reasonsByMicrograph
 from .protocol_base import MODEL_SIZES, FewShotProtBase
 
 
@@ -98,19 +97,15 @@ class FewShotProtPretrain(EMProtocol, FewShotProtBase):
                  f"{MODEL_SIZES[self.modelSize.get()]} model, {self.epochs.get()} epochs."]
         skipped = self.skippedMicrographs()
         if skipped:
-            lines.append(f"{len(skipped)} unreadable micrograph(s) skipped: " + "; ".join(
-                f"{name}: {reason}" for name, reason in list(skipped.items())[:3])
-                + (" ..." if len(skipped) > 3 else ""))
+            lines.append(f"{len(skipped)} unreadable micrograph(s) skipped: "
+                         f"{listReasons(skipped)}")
         return self._withModelLine(lines)
 
     def skippedMicrographs(self):
         """``{micrograph file name: reason}`` of the micrographs the engine could not read
         (its summary's ``skipped``, keyed by the linked names)."""
-        path = os.path.join(self._modelFolder(), "summary.json")
-        if not os.path.exists(path):
-            return {}
-        with open(path) as fh:
-            return reasonsByMicrograph(json.load(fh).get("skipped"), self._allMicrographs())
+        summary = readJsonOrEmpty(os.path.join(self._modelFolder(), "summary.json"))
+        return reasonsByMicrograph(summary.get("skipped"), self._allMicrographs())
 
     def _methods(self):
         return [f"A {MODEL_SIZES[self.modelSize.get()]} masked autoencoder [He2022MAE] was "
