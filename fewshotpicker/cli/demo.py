@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     cascade_cfg = replace(pick_cfg, student=0.4, plots=False)
     cascade = score_all(cascade_cfg, mics, lambda it, total: progress(it, "pick --student", total))
     write_pick_outputs(cascade, cascade_cfg, out / "picks_student")
-    dog, _ = dog_pick_micrographs(mics, DogConfig(diameter=meta["particle_diameter_px"]))
+    dog, _, _ = dog_pick_micrographs(mics, DogConfig(diameter=meta["particle_diameter_px"]))
     write_autopick(dog, out / "picks_dog", [str(m) for m in mics])
 
     _stage(5, "evaluating on the micrographs without exemplars")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import DogConfig
-from ..errors import InputError
+from ..errors import InputError, none_picked
 from ..io.coordinates import write_autopick
 from ..picking.run_dog import dog_pick_micrographs
 from .common import (add_config_argument, expand_images, log, progress, start_run,
@@ -33,11 +33,18 @@ def run(args: argparse.Namespace) -> int:
     cfg, out = start_run("dog", DogConfig, args, FLAGS)
     if cfg.diameter <= 0:
         raise InputError("The particle diameter (--diameter, px) is required.")
-    picks, thresholds = dog_pick_micrographs(mics, cfg, lambda it: progress(it, "dog"))
-    index = write_autopick(picks, out, [str(m) for m in mics])
+    picks, thresholds, failed = dog_pick_micrographs(mics, cfg,
+                                                     lambda it: progress(it, "dog"))
+    done = [str(m) for m in mics if str(m) not in failed]
     counts = picks.groupby("micrograph").size().to_dict() if len(picks) else {}
-    summary = {str(m): {"picks": int(counts.get(str(m), 0)), "threshold": thresholds[str(m)]}
-               for m in mics}
+    summary = {"micrographs": {m: {"picks": int(counts.get(m, 0)), "threshold": thresholds[m]}
+                               for m in done},
+               "failed": failed, "n_picks": int(len(picks))}
+    if not done:  # the summary still names each micrograph and why
+        write_summary(out, summary)
+        raise none_picked(failed)
+    index = write_autopick(picks, out, done)
     write_summary(out, summary)
-    log.info("%d picks on %d micrographs; index %s", len(picks), len(mics), index)
+    log.info("%d picks on %d micrographs%s; index %s", len(picks), len(done),
+             f", {len(failed)} failed" if failed else "", index)
     return 0

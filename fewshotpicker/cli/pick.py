@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import PickConfig
-from ..errors import InputError
+from ..errors import InputError, none_picked
 from ..picking.threshold import resolved_rule
 from ..picking.run import apply_global_quantile, score_all, write_pick_outputs
 from .common import (add_config_argument, expand_images, log, progress, start_run,
@@ -133,8 +133,7 @@ def run(args: argparse.Namespace) -> int:
     good = [r for r in results.values() if not isinstance(r, str)]
     if not good:  # the summary still names each micrograph and its reason (Scipion reads it)
         write_summary(out, write_pick_outputs(results, cfg, out))
-        raise InputError(f"None of the {len(mics)} micrographs could be picked; the first "
-                         f"error was: {next(iter(results.values()))}")
+        raise none_picked(results)
     if cfg.threshold == "quantile":
         cut = apply_global_quantile(good, cfg.quantile)
         log.info("global cutoff %.4f (quantile %.2f of all candidate scores)", cut, cfg.quantile)

@@ -22,7 +22,7 @@ import torch
 from ..config import PickConfig
 from ..data.regions import Preprocess
 from ..device import resolve_devices
-from ..errors import InputError
+from ..errors import InputError, failure_message
 from ..io.atomic import write_text_atomic
 from ..io.coordinates import (empty_coordinates, make_coordinates, micrograph_key, write_autopick,
                               write_coordinate_table)
@@ -81,12 +81,6 @@ def window_batch(requested: int, device: torch.device) -> int:
     return GPU_BATCH if device.type == "cuda" else CPU_BATCH
 
 
-def failure_message(path: Path, exc: Exception) -> str:
-    """``exc`` as one line that names ``path`` (InputErrors already do)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text if str(path) in text else f"{path}: {text}"
-
-
 def warn_pixel_size(image: Optional[float], model: Optional[float], path: Path,
                     box: float) -> bool:
     """Warn (once per worker: returns True) when a micrograph's header states another pixel
@@ -101,7 +95,7 @@ def warn_pixel_size(image: Optional[float], model: Optional[float], path: Path,
 
 
 def _worker(model_path: str, device: torch.device, paths: List[Path], cfg: PickConfig,
-            results: Dict[str, object], tick: Callable) -> None:
+            results: Dict[str, object], tick: Callable, log_failures: bool = True) -> None:
     model, payload = load_mae(model_path, device, kinds=["finetuned"])
     model = scoring_encoder(model, device, cfg.precision, cfg.compile)
     pre = Preprocess(**payload["preprocess"])
@@ -125,7 +119,8 @@ def _worker(model_path: str, device: torch.device, paths: List[Path], cfg: PickC
             results[str(path)] = cands
         except (InputError, RuntimeError, ValueError) as exc:
             results[str(path)] = failure_message(path, exc)
-            log.error("not picked: %s", results[str(path)])
+            if log_failures:  # a batch of one says it once, in the command's error
+                log.error("not picked: %s", results[str(path)])
         tick()
 
 
@@ -148,7 +143,8 @@ def score_all(cfg: PickConfig, micrographs: List[Path],
     results: Dict[str, object] = {}
     shards = [micrographs[i::len(devices)] for i in range(len(devices))]
     with ThreadPoolExecutor(max_workers=len(devices)) as pool:
-        futures = [pool.submit(_worker, cfg.model, dev, shard, cfg, results, tick)
+        futures = [pool.submit(_worker, cfg.model, dev, shard, cfg, results, tick,
+                               len(micrographs) > 1)
                    for dev, shard in zip(devices, shards) if shard]
         try:
             for f in futures:

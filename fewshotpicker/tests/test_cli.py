@@ -76,6 +76,24 @@ def test_dog_then_evaluate(tiny, tmp_path, capsys):
                                                              + pooled["fn"]))
 
 
+def test_dog_goes_past_an_unreadable_micrograph(tiny, tmp_path, capsys):
+    meta = json.loads((tiny / "meta.json").read_text())
+    good = tiny / "micrographs" / "mic_000.mrc"
+    (tmp_path / "broken.mrc").write_bytes(b"\0" * 100)
+    code, _, err = run(capsys, "dog", "--micrographs", str(good), str(tmp_path / "broken.mrc"),
+                       "--diameter", str(meta["particle_diameter_px"]), "--out",
+                       str(tmp_path / "picks"))
+    assert code == 0 and "broken.mrc" in err
+    summary = json.loads((tmp_path / "picks" / "summary.json").read_text())
+    assert list(summary["failed"]) == [str(tmp_path / "broken.mrc")]
+    assert str(tmp_path / "broken.mrc") in summary["failed"][str(tmp_path / "broken.mrc")]
+    assert list(summary["micrographs"]) == [str(good)]
+    picks = starfile.read(tmp_path / "picks" / "mic_000_autopick.star")
+    assert summary["n_picks"] == summary["micrographs"][str(good)]["picks"] == len(picks) > 0
+    index = starfile.read(tmp_path / "picks" / "autopick.star")
+    assert list(index["rlnMicrographName"]) == [str(good)]
+
+
 def test_bad_input_gives_one_sentence_and_exit_2(tmp_path, capsys):
     code, _, err = run(capsys, "evaluate", "--picks", str(tmp_path / "none.star"), "--truth",
                        str(tmp_path / "t.star"), "--box", "40")

@@ -10,7 +10,7 @@ from fewshotpicker.cli.main import main
 from fewshotpicker.config import PickConfig
 from fewshotpicker.data.regions import (Preprocess, crop_windows, prepare_micrograph,
                                         window_contrast_at, window_contrast_grid)
-from fewshotpicker.errors import InputError
+from fewshotpicker.errors import InputError, failure_message, none_picked
 from fewshotpicker.io.checkpoint import save_checkpoint
 from fewshotpicker.io.mrc import read_image, write_mrc
 from fewshotpicker.models.mae import build_mae
@@ -304,11 +304,11 @@ def test_micrographs_with_unusually_many_or_few_picks_are_flagged(tmp_path):
 
 def test_a_failure_message_names_the_micrograph_once():
     path = Path("/data/mic_7.mrc")
-    assert pick_run.failure_message(path, RuntimeError("CUDA error: misaligned address\nmore")) \
+    assert failure_message(path, RuntimeError("CUDA error: misaligned address\nmore")) \
         == "/data/mic_7.mrc: CUDA error: misaligned address"
-    assert pick_run.failure_message(path, ValueError(f"{path}: holds no data.")) == \
+    assert failure_message(path, ValueError(f"{path}: holds no data.")) == \
         "/data/mic_7.mrc: holds no data."
-    assert pick_run.failure_message(path, RuntimeError()) == "/data/mic_7.mrc: RuntimeError"
+    assert failure_message(path, RuntimeError()) == "/data/mic_7.mrc: RuntimeError"
 
 
 def test_a_bad_micrograph_is_reported_and_the_others_are_picked(random_model, tmp_path):
@@ -333,6 +333,10 @@ def test_a_bad_micrograph_is_reported_and_the_others_are_picked(random_model, tm
                  "--out", str(tmp_path / "none"), "--device", "cpu"]) == 2
     summary = json.loads((tmp_path / "none" / "summary.json").read_text())
     assert summary["failed"] == more and summary["n_picks"] == 0
+    # a batch of one fails with that micrograph's own sentence, said once
+    assert str(none_picked({str(blank): more[str(blank)]})) == more[str(blank)]
+    assert str(none_picked(more)).startswith("None of the 2 micrographs could be picked; the "
+                                             f"first error was: {small}: the micrograph is")
     assert (tmp_path / "out" / "autopick.star").exists()
     record = json.loads((tmp_path / "out" / "thresholds" / "m0.json").read_text())
     # this model does not say how many exemplars its bank holds: the BIC mixture decides
