@@ -61,6 +61,20 @@ def reasonsByMicrograph(reasons, mics):
             reason.split(": ", 1)[-1] for link, reason in reasons.items()}
 
 
+def summarisePickCounts(counts, pngPath, failed=0):
+    """Draw the engine's figure of every picked micrograph's picks and cutoff to ``pngPath``
+    and return the file names of those with unusually many or few picks.
+
+    ``counts``: ``{micKey: {"name": file name, "picks": n, "cutoff": score}}`` in the order
+    picked; ``failed``: how many micrographs could not be picked (named in the title).
+    """
+    from fewshotpicker.picking.plots import summarise_counts
+    byName = {}
+    for key, entry in counts.items():
+        byName[key if entry["name"] in byName else entry["name"]] = entry
+    return summarise_counts(byName, pngPath, failed)
+
+
 def coordinateRows(coords, micsByName, scale=1.0):
     """``(objId, micKey, x, y)`` of every coordinate whose micrograph is in ``micsByName``.
 

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Dict, List
 
 import numpy as np
 
 from ..io.atomic import atomic_path
+from ..io.coordinates import micrograph_key
 
 
 def plot_score_histogram(scores: np.ndarray, cutoff: float, path: str | Path,
@@ -116,3 +118,17 @@ def plot_pick_summary(names: list, counts: np.ndarray, cutoffs: np.ndarray, unus
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return Path(path)
+
+
+def summarise_counts(summary: Dict[str, dict], path: Path, failed: int = 0) -> List[str]:
+    """Plot every picked micrograph's picks and cutoff (``summary.png``; ``failed``: how many
+    could not be picked); returns the names of those with unusually many or few picks
+    (:func:`unusual_counts`)."""
+    names = list(summary)
+    counts = np.array([summary[n]["picks"] for n in names], dtype=float)
+    unusual = unusual_counts(counts)
+    if names:
+        plot_pick_summary([micrograph_key(n) for n in names], counts,
+                          np.array([summary[n]["cutoff"] for n in names], dtype=float),
+                          unusual, path, failed)
+    return [names[i] for i in unusual]

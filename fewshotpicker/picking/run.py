@@ -31,7 +31,7 @@ from ..models.inference import scoring_encoder
 from ..training.common import load_mae
 from .cascade import load_student
 from .picker import Candidates, pick_micrograph
-from .plots import plot_pick_summary, plot_picks, plot_score_histogram, unusual_counts
+from .plots import plot_picks, plot_score_histogram, summarise_counts
 from .scoring import Bank
 
 log = logging.getLogger("fewshotpicker")
@@ -225,17 +225,3 @@ def write_pick_outputs(results: Dict[str, object], cfg: PickConfig, out_dir: Pat
             "unusual": summarise_counts(summary, out_dir / "summary.png", len(failed)),
             "seconds_per_micrograph": float(np.mean(seconds)) if seconds else None,
             "peak_gpu_memory_mb": peak_gpu_memory_mb(cfg)}
-
-
-def summarise_counts(summary: Dict[str, dict], path: Path, failed: int = 0) -> List[str]:
-    """Plot every picked micrograph's picks and cutoff (``summary.png``; ``failed``: how many
-    could not be picked); returns the names of those with unusually many or few picks
-    (:func:`unusual_counts`)."""
-    names = list(summary)
-    counts = np.array([summary[n]["picks"] for n in names], dtype=float)
-    unusual = unusual_counts(counts)
-    if names:
-        plot_pick_summary([micrograph_key(n) for n in names], counts,
-                          np.array([summary[n]["cutoff"] for n in names], dtype=float),
-                          unusual, path, failed)
-    return [names[i] for i in unusual]

@@ -16,7 +16,7 @@ from fewshotpicker.io.mrc import read_image, write_mrc
 from fewshotpicker.models.mae import build_mae
 from fewshotpicker.picking import run as pick_run
 from fewshotpicker.picking.picker import Candidates, default_stride, find_candidates
-from fewshotpicker.picking.plots import unusual_counts
+from fewshotpicker.picking.plots import summarise_counts, unusual_counts
 from fewshotpicker.picking.scoring import (Bank, ScoreMap, edge_pad, fill_unscored,
                                            refine_seeds, score_coarse_to_fine, score_grid,
                                            score_micrograph, score_prepared, window_grid)
@@ -298,7 +298,7 @@ def test_micrographs_with_unusually_many_or_few_picks_are_flagged(tmp_path):
     assert len(unusual_counts(counts[:4] * 0 + [0, 0, 0, 3])) == 0  # a spread of at least 1
     assert len(unusual_counts([100, 0, 100])) == 0                    # too few to tell
     summary = {f"/d/m{i}.mrc": {"picks": int(c), "cutoff": 0.9} for i, c in enumerate(counts)}
-    assert pick_run.summarise_counts(summary, tmp_path / "s.png") == ["/d/m6.mrc", "/d/m7.mrc"]
+    assert summarise_counts(summary, tmp_path / "s.png") == ["/d/m6.mrc", "/d/m7.mrc"]
     assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -1,5 +1,4 @@
 """FewShotProtPick: pick every micrograph with a fine-tuned model, in streaming."""
-import glob
 import json
 import os
 import shutil
@@ -12,7 +11,7 @@ from pwem.protocols import ProtParticlePickingAuto
 from .. import Plugin
 from ..constants import MODEL_FINETUNED
 from ..convert import (addPicks, linkMicrographs, listReasons, micKey, readJsonOrEmpty,
-                       readPicks, reasonsByMicrograph)
+                       readPicks, reasonsByMicrograph, summarisePickCounts)
 from .protocol_base import FewShotProtBase
 
 # appended, never reordered: saved projects store the index
@@ -192,6 +191,33 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
         failed = self._batchFailures(batch, micList)
         if failed:  # kept for the summary
             self.writeExtraJson("failed", {**self.failedMicrographs(), **failed})
+        self._updateCounts(micList)
+
+    def _updateCounts(self, micList):
+        """Add this batch's picks and cutoffs to ``extra/counts.json`` and draw
+        ``extra/summary.png`` over every micrograph picked so far; the micrographs with
+        unusually many or few picks among them go to ``extra/unusual.json`` (the engine
+        decides which: in a streaming run its own summary sees one batch only)."""
+        counts = self.pickCounts()
+        for mic in micList:
+            record = readJsonOrEmpty(self._getExtraPath("thresholds", micKey(mic) + ".json"))
+            if record:
+                counts[micKey(mic)] = {"name": os.path.basename(mic.getFileName()),
+                                       "picks": record["picks"], "cutoff": record["cutoff"],
+                                       "dropped": record.get("dropped_for_contrast") or 0}
+        self.writeExtraJson("counts", counts)
+        self.writeExtraJson("unusual", summarisePickCounts(
+            counts, self._getExtraPath("summary.png"), len(self.failedMicrographs())))
+
+    def pickCounts(self):
+        """``{micKey: {"name", "picks", "cutoff", "dropped"}}`` of the micrographs picked so
+        far, in the order picked."""
+        return readJsonOrEmpty(self._getExtraPath("counts.json"))
+
+    def unusualMicrographs(self):
+        """File names of the picked micrographs with unusually many or few picks (more than
+        4 robust standard deviations from the median; none before 5 are picked)."""
+        return readJsonOrEmpty(self._getExtraPath("unusual.json")) or []
 
     def failedMicrographs(self):
         """``{micrograph file name: reason}`` of the micrographs the engine could not pick."""
@@ -268,16 +294,18 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
         if failed:
             lines.append(f"{len(failed)} micrograph(s) could not be picked (reasons in "
                          f"extra/failed.json): {listReasons(failed)}")
+        unusual = self.unusualMicrographs()
+        if unusual:
+            lines.append(f"{len(unusual)} micrograph(s) with unusually many or few picks (an "
+                         f"empty square, thick ice, a broken exposure?; see the 'picks per "
+                         f"micrograph' view): {', '.join(unusual[:5])}"
+                         + (" ..." if len(unusual) > 5 else ""))
         return lines
 
     def droppedForContrast(self):
         """Score peaks the engine dropped as too contrasted, over the micrographs picked so
-        far (from its per-micrograph records)."""
-        total = 0
-        for path in glob.glob(self._getExtraPath("thresholds", "*.json")):
-            with open(path) as fh:
-                total += json.load(fh).get("dropped_for_contrast") or 0
-        return total
+        far."""
+        return sum(entry["dropped"] for entry in self.pickCounts().values())
 
     def _methods(self):
         return [f"Particles were picked by scoring every window (stride "

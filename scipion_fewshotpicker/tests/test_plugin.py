@@ -104,3 +104,14 @@ def test_asking_for_a_gpu_on_a_machine_without_one_is_refused(monkeypatch):
     prot.useGpu.set(True)
     prot.gpuList.set("0 1")
     assert prot.validateDevice() == [] and prot.getDeviceSpec() == "0,1"
+
+
+def test_pick_counts_name_the_unusual_micrographs_and_draw_the_summary(tmp_path):
+    from scipion_fewshotpicker.convert import summarisePickCounts
+    counts = {f"mic_{i:06d}": {"name": f"exp_{i}.mrc", "picks": p, "cutoff": 0.9}
+              for i, p in enumerate([100, 98, 103, 101, 99, 0, 97])}
+    counts["mic_000007"] = {"name": "exp_0.mrc", "picks": 400, "cutoff": 0.5}  # same name
+    png = tmp_path / "summary.png"
+    assert summarisePickCounts(counts, str(png), failed=1) == ["exp_5.mrc", "mic_000007"]
+    assert png.stat().st_size > 1000
+    assert summarisePickCounts(dict(list(counts.items())[:4]), str(png)) == []  # too few

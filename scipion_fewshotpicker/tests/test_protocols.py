@@ -23,6 +23,7 @@ from fewshotpicker.data.synthetic import simulate_dataset  # noqa: E402
 from fewshotpicker.evaluate import evaluate_all  # noqa: E402
 from fewshotpicker.io.coordinates import micrograph_key, read_coordinates  # noqa: E402
 from scipion_fewshotpicker.constants import SCORE_ATTR  # noqa: E402
+from scipion_fewshotpicker.convert import micKey  # noqa: E402
 from scipion_fewshotpicker.protocols import (FewShotProtImportModel, FewShotProtPick,  # noqa
                                              FewShotProtPretrain, FewShotProtTrain)
 
@@ -128,6 +129,13 @@ class TestFewShotWorkflow(BaseTest):
             self.assertGreater(record["contrast_limit"], 0.0)
             dropped += record["dropped_for_contrast"]
         self.assertEqual(self.pick.droppedForContrast(), dropped)
+        # every micrograph's count and cutoff, for the whole run's figure and summary
+        counts = self.pick.pickCounts()
+        self.assertEqual(sorted(c["name"] for c in counts.values()),
+                         sorted(os.path.basename(m.getFileName()) for m in self.mics))
+        self.assertEqual(sum(c["picks"] for c in counts.values()), coords.getSize())
+        self.assertGreater(os.path.getsize(self.pick._getExtraPath("summary.png")), 1000)
+        self.assertEqual(self.pick.unusualMicrographs(), [])
 
     def _f1(self, prot):
         picks = coordinates_table(prot.outputCoordinates, self.mics)
@@ -216,6 +224,9 @@ class TestFewShotWorkflow(BaseTest):
         again = coordinates_table(single.outputCoordinates, imp.outputMicrographs)
         self.assertEqual(len(again), len(picks))
         self.assertEqual(list(single.failedMicrographs()), ["mic_b.mrc"])
+        counts = single.pickCounts()  # over the whole run, not the last batch
+        self.assertEqual([c["name"] for c in counts.values()], ["mic_a.mrc"])
+        self.assertEqual(counts[micKey(next(iter(imp.outputMicrographs)))]["picks"], len(again))
         # pretraining skips it too, and says so
         pre = self._launch(FewShotProtPretrain, inputMicrographs=[imp.outputMicrographs],
                            boxSize=int(self.meta["box_px"]), epochs=1,

@@ -1,5 +1,6 @@
 """Picks of FewShotProtPick on one micrograph: the picks over the micrograph and score map,
-and that micrograph's score histogram with its cutoff."""
+and that micrograph's score histogram with its cutoff; and the picks and cutoff of every
+micrograph picked."""
 import os
 
 import pyworkflow.protocol.params as params
@@ -24,10 +25,17 @@ class FewShotPicksViewer(ProtocolViewer):
                       help="The micrograph with its picks, beside the score map.")
         form.addParam("doShowHistogram", params.LabelParam, label="Score histogram and cutoff",
                       help="All candidate scores of the micrograph and the chosen cutoff.")
+        form.addSection(label="All micrographs")
+        form.addParam("doShowCounts", params.LabelParam, label="Picks per micrograph",
+                      help="Picks and cutoff of every micrograph picked so far, in the order "
+                           "picked; those with unusually many or few picks (an empty grid "
+                           "square, thick ice, a broken exposure) in red and named.")
 
     def _getVisualizeDict(self):
         return {"doShowPicks": lambda p=None: self._show("_picks.png", "picks"),
-                "doShowHistogram": lambda p=None: self._show(".png", "score histogram")}
+                "doShowHistogram": lambda p=None: self._show(".png", "score histogram"),
+                "doShowCounts": lambda p=None: [pngPlotter(
+                    self.protocol._getExtraPath("summary.png"), "picks per micrograph")]}
 
     def _micrograph(self):
         mics = list(self.protocol.getInputMicrographs().iterItems())
