@@ -9,6 +9,7 @@ micrograph that fails is reported and the others still finish.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..config import PickConfig
 from ..errors import InputError, none_picked
@@ -101,9 +102,9 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    mics = expand_images(args.micrographs)
-    cfg, out = start_run("pick", PickConfig, args, FLAGS)
+def refuse_bad_settings(cfg: PickConfig) -> None:
+    """Raise InputError (one sentence naming the flag) for a setting no run could use, before
+    any micrograph is read."""
     if not cfg.model:
         raise InputError("A model is required (--model, the folder of a 'train' run).")
     resolved_rule(cfg.threshold)  # refuses an unknown rule before any work
@@ -129,16 +130,11 @@ def run(args: argparse.Namespace) -> int:
     if not cfg.exclude_border >= 0:  # also refuses nan
         raise InputError(f"--exclude-border {cfg.exclude_border}: must be 0 (no margin) or more "
                          f"pixels.")
-    results = score_all(cfg, mics, lambda it, total: progress(it, "pick", total))
-    good = [r for r in results.values() if not isinstance(r, str)]
-    if not good:  # the summary still names each micrograph and its reason (Scipion reads it)
-        write_summary(out, write_pick_outputs(results, cfg, out))
-        raise none_picked(results)
-    if cfg.threshold == "quantile":
-        cut = apply_global_quantile(good, cfg.quantile)
-        log.info("global cutoff %.4f (quantile %.2f of all candidate scores)", cut, cfg.quantile)
-    summary = write_pick_outputs(results, cfg, out)
-    write_summary(out, summary)
+
+
+def log_summary(summary: dict, out: Path) -> None:
+    """Say how many picks, dropped peaks and failures the run had, and which micrographs had
+    unusually many or few picks."""
     counts = [m["picks"] for m in summary["micrographs"].values()]
     dropped = sum(m["dropped_for_contrast"] for m in summary["micrographs"].values())
     log.info("%d picks on %d micrographs (%.1f per micrograph)%s%s; index %s",
@@ -152,4 +148,21 @@ def run(args: argparse.Namespace) -> int:
                                                      else "")
         log.warning("%d micrograph(s) with unusually many or few picks (see summary.png): %s",
                     len(summary["unusual"]), shown)
+
+
+def run(args: argparse.Namespace) -> int:
+    mics = expand_images(args.micrographs)
+    cfg, out = start_run("pick", PickConfig, args, FLAGS)
+    refuse_bad_settings(cfg)
+    results = score_all(cfg, mics, lambda it, total: progress(it, "pick", total))
+    good = [r for r in results.values() if not isinstance(r, str)]
+    if not good:  # the summary still names each micrograph and its reason (Scipion reads it)
+        write_summary(out, write_pick_outputs(results, cfg, out))
+        raise none_picked(results)
+    if cfg.threshold == "quantile":
+        cut = apply_global_quantile(good, cfg.quantile)
+        log.info("global cutoff %.4f (quantile %.2f of all candidate scores)", cut, cfg.quantile)
+    summary = write_pick_outputs(results, cfg, out)
+    write_summary(out, summary)
+    log_summary(summary, out)
     return 0
