@@ -290,7 +290,7 @@ class TestFewShotWorkflow(BaseTest):
         second = list(self.pick.getInputMicrographs().iterItems())[1]
         self.assertTrue(viewer.figurePath("_picks.png").endswith(
             "mic_%06d_picks.png" % second.getObjId()))
-        for name in ("doShowPicks", "doShowHistogram"):
+        for name in ("doShowPicks", "doShowHistogram", "doShowCounts"):
             plot = viewer._getVisualizeDict()[name]()[0]
             self.assertGreater(plot.getFigure().axes[0].images[0].get_array().shape[1], 100)
 
