@@ -32,6 +32,21 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
                              "flags given on the command line override it")
 
 
+def add_training_arguments(parser: argparse.ArgumentParser, compile_help: str) -> None:
+    """The flags ``pretrain`` and ``train`` share: film edges, checkpoints, device, compile,
+    seed, and ``--config``."""
+    parser.add_argument("--no-film-edges", dest="film_edges", action="store_const", const=False,
+                        help="where a carbon-film edge crosses a micrograph, its background is "
+                             "by default taken on each side of the edge apart, so the step "
+                             "leaves no bright and dark bands for the particles beside it; this "
+                             "flag keeps one Gaussian background for the whole micrograph")
+    parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument("--compile", action="store_const", const=True, help=compile_help)
+    parser.add_argument("--seed", type=int)
+    add_config_argument(parser)
+
+
 def build_config(cls: Type[T], args: argparse.Namespace, flags: dict) -> T:
     """Defaults <- ``--config`` file <- flags set on the command line.
 

@@ -11,7 +11,7 @@ import argparse
 from ..config import PretrainConfig
 from ..models.mae import MODEL_SIZES
 from ..training.pretrain import pretrain
-from .common import (add_config_argument, expand_images, log, progress, start_run,
+from .common import (add_training_arguments, expand_images, log, progress, start_run,
                      write_summary)
 
 FLAGS = {"model": "model", "box": "box", "regions": "regions_per_micrograph",
@@ -35,17 +35,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, help="regions per step (default 128)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 2e-4)")
     p.add_argument("--mask-ratio", type=float, help="fraction of patches hidden (default 0.75)")
-    p.add_argument("--no-film-edges", dest="film_edges", action="store_const", const=False,
-                   help="where a carbon-film edge crosses a micrograph, its background is by "
-                        "default taken on each side of the edge apart, so the step leaves no "
-                        "bright and dark bands for the particles beside it; this flag keeps one "
-                        "Gaussian background for the whole micrograph")
-    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
-    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--compile", action="store_const", const=True,
-                   help="torch.compile the model (GPU, long runs)")
-    p.add_argument("--seed", type=int)
-    add_config_argument(p)
+    add_training_arguments(p, compile_help="torch.compile the model (GPU, long runs)")
     p.set_defaults(func=run)
 
 

@@ -12,7 +12,7 @@ from ..config import TrainConfig
 from ..io.coordinates import read_coordinates
 from ..models.mae import MODEL_SIZES
 from ..training.finetune import finetune
-from .common import (add_config_argument, expand_images, log, progress, start_run,
+from .common import (add_training_arguments, expand_images, log, progress, start_run,
                      write_summary)
 
 FLAGS = {"box": "box", "model": "model", "pretrained": "pretrained", "steps": "steps",
@@ -58,16 +58,7 @@ def add_parser(sub) -> None:
                         "0.769 at 32)")
     p.add_argument("--scs-features", choices=["unmasked", "masked"],
                    help="features the SCS loss compares (default unmasked, as in picking)")
-    p.add_argument("--no-film-edges", dest="film_edges", action="store_const", const=False,
-                   help="where a carbon-film edge crosses a micrograph, its background is by "
-                        "default taken on each side of the edge apart, so the step leaves no "
-                        "bright and dark bands for the particles beside it; this flag keeps one "
-                        "Gaussian background for the whole micrograph")
-    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
-    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
-    p.add_argument("--seed", type=int)
-    add_config_argument(p)
+    add_training_arguments(p, compile_help="torch.compile the model")
     p.set_defaults(func=run)
 
 
