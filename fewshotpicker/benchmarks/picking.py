@@ -67,6 +67,7 @@ class BenchSettings:
     pretrain_epochs: int = 40
     train_steps: int = 300
     device: str = "cpu"
+    model: str = "tiny"           # MAE size pretrained per data set (benchmark --model)
     fast: bool = True             # also our fast setting (pick --coarse 2), same model
     student: float = 0.4          # also the student cascade (pick --student 0.4); 0 = not
     # also a model fine-tuned at this smaller input (train --input-size; 3/4 of the tiny
@@ -275,17 +276,19 @@ def datasets(work: Path, sets: List[str], real: Optional[Path], st: BenchSetting
     return chosen
 
 
-def run_folder(work: Path, ds: Dataset, prefix: str) -> Path:
+def run_folder(work: Path, ds: Dataset, prefix: str, model: str = "tiny") -> Path:
     """The data set's own folder under ``work``, named after the set (not its position in
-    this run's list, so runs with other ``--sets`` never share models)."""
-    return work / f"{prefix}_{micrograph_key(ds.name.split('(')[0].strip().replace(' ', '_'))}"
+    this run's list, so runs with other ``--sets`` never share models) and, but for the
+    tiny one, the model size (so models of two sizes never share a folder)."""
+    name = micrograph_key(ds.name.split('(')[0].strip().replace(' ', '_'))
+    return work / (f"{prefix}_{name}" if model == "tiny" else f"{prefix}_{model}_{name}")
 
 
 def ensure_pretrained(ds: Dataset, base: Path, st: BenchSettings) -> Path:
-    """The data set's tiny MAE, pretrained once on all its micrographs; kept between runs in a
-    folder named after the pretraining settings and preparation (``_film``: film edges taken
-    apart, since session 18), so a change of them never reuses it."""
-    cfg = PretrainConfig(model="tiny", box=ds.box, epochs=st.pretrain_epochs,
+    """The data set's MAE (``st.model``), pretrained once on all its micrographs; kept between
+    runs in a folder named after the pretraining settings and preparation (``_film``: film
+    edges taken apart, since session 18), so a change of them never reuses it."""
+    cfg = PretrainConfig(model=st.model, box=ds.box, epochs=st.pretrain_epochs,
                          regions_per_micrograph=st.pretrain_regions, device=st.device, seed=0)
     film = "_film" if cfg.film_edges else ""
     out = base / f"pretrain_{st.pretrain_regions}x{st.pretrain_epochs}{film}"
@@ -300,7 +303,7 @@ def run(work: Path, sets: List[str], real: Optional[Path], seeds: List[int],
     topaz_exe = topaz_peer.ensure_topaz(topaz_env) if topaz_env else None
     rows = []
     for ds in datasets(work, sets, real, st):
-        base = run_folder(work, ds, "runs")
+        base = run_folder(work, ds, "runs", st.model)
         pretrained = ensure_pretrained(ds, base, st)
         for seed in seeds:
             log.info("%s, seed %d", ds.name, seed)

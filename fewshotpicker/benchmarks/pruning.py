@@ -145,7 +145,7 @@ def run(work: Path, sets: List[str], real: Optional[Path], seeds: List[int],
     topaz_exe = topaz_peer.ensure_topaz(topaz_exe_env) if topaz_exe_env else None
     rows = []
     for ds in datasets(work, sets, real, st):
-        base = run_folder(work, ds, "prune")
+        base = run_folder(work, ds, "prune", st.model)
         pretrained = ensure_pretrained(ds, base, st)
         lures_path = Path(ds.train[0]).parent.parent / "lures.star"
         lures = read_coordinates(lures_path) if lures_path.exists() else None

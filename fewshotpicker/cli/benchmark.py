@@ -54,7 +54,9 @@ def add_parser(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", choices=["train-speed", "features", "picking", "pruning",
                                           "tomo", "tomo-memory", "pick-speed"])
-    p.add_argument("--model", choices=sorted(MODEL_SIZES), default="tiny")
+    p.add_argument("--model", choices=sorted(MODEL_SIZES), default="tiny",
+                   help="MAE size (default tiny); picking and pruning pretrain one per data "
+                        "set and keep each size's runs in their own folders")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch", type=int, default=None,
                    help="train-speed: regions per step (128); pick-speed: windows per encoder "
@@ -156,7 +158,7 @@ def _bench_settings(args: argparse.Namespace):
     epochs = 5
     return picking.BenchSettings(
         device="cpu" if args.device == "auto" else args.device,
-        train_steps=args.steps or 300,
+        model=args.model, train_steps=args.steps or 300,
         topaz=topaz_peer.TopazSettings(epochs=epochs,
                                        epoch_size=max(1, args.topaz_updates // epochs)))
 

@@ -610,7 +610,7 @@ def test_command_speed_refuses_a_real_folder_without_micrographs(tmp_path, capsy
     assert not (tmp_path / "tz").exists()  # refused before installing Topaz
 
 
-def test_benchmark_folders_are_named_after_the_data_set_not_its_position():
+def test_benchmark_folders_are_named_after_the_data_set_and_model_not_position():
     # a run with --sets 1 once reused the models of set 0 (folders were numbered by position)
     from pathlib import Path
     from fewshotpicker.benchmarks.features import Dataset
@@ -620,6 +620,9 @@ def test_benchmark_folders_are_named_after_the_data_set_not_its_position():
     assert len(set(folders)) == len(names)
     assert folders[0] == Path("w/runs_sim_default")
     assert folders[-1] == Path("w/runs_EMPIAR-10028")
+    # another model size never meets the tiny model's fine-tuned checkpoints
+    real = Dataset(names[-1], [], [], None, None, 1.0)
+    assert run_folder(Path("w"), real, "runs", "base") == Path("w/runs_base_EMPIAR-10028")
 
 
 def test_benchmark_summary_gives_mean_spread_device_and_windows_scored():
