@@ -415,6 +415,25 @@ def test_bf16_scores_match_fp32_to_a_few_thousandths(random_model):
     assert np.corrcoef(maps["fp32"].ravel(), maps["bf16"].ravel())[0, 1] > 0.95
 
 
+@pytest.mark.parametrize("avx512_bf16, amx, native", [(False, False, False),
+                                                      (True, False, True), (False, True, True)])
+def test_auto_precision_uses_bf16_only_where_the_cpu_has_it(monkeypatch, avx512_bf16, amx,
+                                                             native):
+    from fewshotpicker import device as dev
+    # oneDNN says yes on any AVX512 CPU, where bf16 is emulated and slower than fp32
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True,
+                        raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16,
+                        raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert dev.cpu_bf16_supported() is native
+    ones = torch.ones(4, 4)
+    with dev.inference_autocast(torch.device("cpu"), "auto"):
+        assert ((ones @ ones).dtype == torch.bfloat16) is native
+    with dev.inference_autocast(torch.device("cpu"), "bf16"):
+        assert (ones @ ones).dtype == torch.bfloat16
+
+
 class CentreModel(torch.nn.Module):
     """Embeds a window as (centre pixel - border mean, range): its cosine to the bank
     vector (1, 0) does not change with the per-window normalisation and is highest for
