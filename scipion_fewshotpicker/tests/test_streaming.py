@@ -41,7 +41,9 @@ class TestPickStreaming(BaseTest):
         box = float(meta["box_px"])
         pretrain(PretrainConfig(model="tiny", box=box, epochs=5, regions_per_micrograph=64,
                                 batch_size=64, device="cpu"), mics, f"{cls.data}/pre")
-        finetune(TrainConfig(box=box, pretrained=f"{cls.data}/pre", steps=20, device="cpu"),
+        # no student: streaming is under test here, the student cascade in test_protocols
+        finetune(TrainConfig(box=box, pretrained=f"{cls.data}/pre", steps=20, student_steps=0,
+                             device="cpu"),
                  mics, read_coordinates(f"{cls.data}/exemplars.star"), f"{cls.data}/ft")
         cls.mics = mics
 
