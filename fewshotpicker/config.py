@@ -219,6 +219,8 @@ class TrainConfig:
     pooling: str = ""                 # region feature: "mean" of patch tokens, "cls"; "" = model's
     input_size: int = 0               # model input px a box becomes (0 = the pretrained model's);
                                       # smaller = faster picking (compute ~ input_size^2)
+    exemplars_per_step: int = 64      # exemplars drawn each step when there are more (0 = all);
+                                      # bounds a step's cost for users who label hundreds
     unlabeled_ratio: float = 2.0      # unlabeled : positive crops per step
     unlabeled_pool: int = 40          # unlabeled crops drawn per exemplar (sampled each step)
     shifted_negatives: float = 0.5    # share of the unlabeled batch that are off-centre exemplars

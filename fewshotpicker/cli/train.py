@@ -19,6 +19,7 @@ FLAGS = {"box": "box", "model": "model", "pretrained": "pretrained", "steps": "s
          "lr": "lr", "beta": "beta", "alpha": "alpha", "tau": "tau", "prior": "prior",
          "mask_ratio": "mask_ratio", "freeze_blocks": "freeze_blocks",
          "student_steps": "student_steps", "input_size": "input_size",
+         "exemplars_per_step": "exemplars_per_step",
          "scs_features": "scs_features", "checkpoint_every": "checkpoint_every",
          "film_edges": "film_edges", "device": "device", "compile": "compile", "seed": "seed"}
 
@@ -56,6 +57,10 @@ def add_parser(sub) -> None:
                         "(160 for base, 48 for tiny) about halves the cost of every window, "
                         "for some F1 (tiny on EMPIAR-10028: 0.831 at 48 against 0.848 at 64; "
                         "0.769 at 32)")
+    p.add_argument("--exemplars-per-step", type=int,
+                   help="with more exemplars than this, each step trains on this many drawn "
+                        "afresh (default 64), so that a step's cost stays bounded; 0 = all "
+                        "of them every step")
     p.add_argument("--scs-features", choices=["unmasked", "masked"],
                    help="features the SCS loss compares (default unmasked, as in picking)")
     add_training_arguments(p, compile_help="torch.compile the model")

@@ -223,3 +223,49 @@ def test_repeating_a_finished_run_keeps_its_student_and_other_settings_distil_ag
     for changed in (replace(cfg, steps=6), replace(cfg, device="auto")):
         with pytest.raises(AssertionError, match="distilled again"):
             finetune(changed, mics[:1], exemplars, tmp_path)
+
+
+def test_more_exemplars_than_a_step_takes_are_drawn_afresh_each_step(crowded, tmp_path,
+                                                                      monkeypatch):
+    """exemplars_per_step 4 of the set's exemplars: each step trains on 4 (x 4 turns) and
+    twice as many unlabeled regions, not the same 4 every step; the run records the cap."""
+    out, meta, mics = crowded
+    exemplars = read_coordinates(out / "exemplars.star")
+    assert len(exemplars) > 4
+    seen, original = [], finetune_module.positive_views
+
+    def recording(windows, *args):
+        seen.append(windows.clone())
+        return original(windows, *args)
+
+    monkeypatch.setattr(finetune_module, "positive_views", recording)
+    cfg = TrainConfig(box=float(meta["box_px"]), model="micro", steps=3, device="cpu",
+                      student_steps=0, exemplars_per_step=4)
+    finetune(cfg, mics[:1], exemplars, tmp_path)
+    assert [len(w) for w in seen] == [4, 4, 4]
+    assert not torch.equal(seen[0], seen[1]) or not torch.equal(seen[1], seen[2])
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["config"]["exemplars_per_step"] == 4
+    # as many exemplars as the cap or fewer: all of them each step, recorded as 0 (all)
+    seen.clear()
+    finetune(replace(cfg, exemplars_per_step=64), mics[:1], exemplars, tmp_path / "all")
+    assert [len(w) for w in seen] == [len(exemplars)] * 3
+    assert load_checkpoint(tmp_path / "all" / "model.pt")["config"]["exemplars_per_step"] == 0
+
+
+def test_a_run_saved_before_exemplars_per_step_existed_still_resumes(crowded, tmp_path,
+                                                                     caplog):
+    out, meta, mics = crowded
+    exemplars = read_coordinates(out / "exemplars.star")
+    cfg = TrainConfig(box=float(meta["box_px"]), model="micro", steps=2, device="cpu",
+                      student_steps=0, checkpoint_every=1)
+    finetune(cfg, mics[:1], exemplars, tmp_path)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    del state["config"]["exemplars_per_step"]  # as written by sessions before it
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with caplog.at_level("INFO", logger="fewshotpicker"):
+        finetune(replace(cfg, steps=3), mics[:1], exemplars, tmp_path)
+    assert "resuming from step 2" in caplog.text
+    # a cap below the exemplar count trains differently from that run: refused, named
+    with pytest.raises(InputError, match="exemplars_per_step differ"):
+        finetune(replace(cfg, steps=4, exemplars_per_step=3), mics[:1], exemplars, tmp_path)

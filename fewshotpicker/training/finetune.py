@@ -35,7 +35,8 @@ from ..picking.run import window_batch
 from ..picking.scoring import Bank
 from .common import load_mae, loop_settings, model_payload
 from .distil import distil
-from .loop import coordinate_items, inputs_fingerprint, step_generator, train
+from .loop import (coordinate_items, inputs_fingerprint, step_generator, train,
+                   with_added_settings)
 
 log = logging.getLogger("fewshotpicker")
 MIN_EXEMPLARS = 3
@@ -136,6 +137,13 @@ def sample(x: torch.Tensor, n: int, rng: np.random.Generator) -> torch.Tensor:
     return x[torch.as_tensor(idx, device=x.device)]
 
 
+def exemplars_each_step(cfg: TrainConfig, n_exemplars: int) -> int:
+    """How many of ``n_exemplars`` one step trains on: all, or ``exemplars_per_step`` drawn
+    afresh each step when there are more (the unlabeled side scales with it)."""
+    cap = cfg.exemplars_per_step
+    return n_exemplars if cap <= 0 else min(cap, n_exemplars)
+
+
 def finetune_step_fn(model, positives: torch.Tensor, pool: torch.Tensor, cfg: TrainConfig,
                      device: torch.device, forward: Callable,
                      shifted: Optional[torch.Tensor] = None) -> Callable:
@@ -145,14 +153,16 @@ def finetune_step_fn(model, positives: torch.Tensor, pool: torch.Tensor, cfg: Tr
     ``shifted_negatives``, from the off-centre exemplar crops.
     """
     size = model.cfg.img_size
-    n_pos = len(positives) * (4 if cfg.rotations else 1)
+    n_ex = exemplars_each_step(cfg, len(positives))
+    n_pos = n_ex * (4 if cfg.rotations else 1)
     n_unl = max(1, int(round(cfg.unlabeled_ratio * n_pos)))
     n_off = int(round(cfg.shifted_negatives * n_unl)) if shifted is not None and len(shifted) \
         else 0
 
     def step_fn(step: int):
         rng = np.random.default_rng([cfg.seed, step, 2])
-        pos = positive_views(positives, cfg, size, rng)
+        chosen = positives if n_ex == len(positives) else sample(positives, n_ex, rng)
+        pos = positive_views(chosen, cfg, size, rng)
         unl = sample(pool, n_unl - n_off, rng)
         if n_off:
             unl = torch.cat([unl, sample(shifted, n_off, rng)])
@@ -228,7 +238,8 @@ def finished_student(out_dir: Path, config: dict, steps: int) -> Optional[dict]:
         payload = load_checkpoint(model, kinds=["finetuned"])
     except InputError:  # unreadable or of another kind: resuming reports it, or it is replaced
         return None
-    return payload.get("student") if payload.get("config") == config else None
+    same = with_added_settings(payload.get("config") or {}) == with_added_settings(config)
+    return payload.get("student") if same else None
 
 
 def finetune(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame, out_dir: Path,
@@ -255,13 +266,16 @@ def finetune(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame,
                      lowpass=cfg.lowpass, film_edges=cfg.film_edges)
     positives, pool, shifted, contrast = collect_regions(cfg, micrographs, exemplars, pre,
                                                          device, source)
+    if exemplars_each_step(cfg, len(positives)) == len(positives):
+        cfg = replace(cfg, exemplars_per_step=0)  # recorded as what it does: all each step
     # freezing only makes sense for pretrained blocks
     k = cfg.freeze_blocks if cfg.freeze_blocks >= 0 else \
         (model.cfg.depth // 2 if cfg.pretrained else 0)
     model.freeze_encoder_blocks(k)
-    log.info("fine-tuning on %d exemplars and a pool of %d unlabeled regions; first %d "
-             "of %d encoder blocks frozen; %s", len(positives), len(pool), k, model.cfg.depth,
-             device)
+    each = f" ({cfg.exemplars_per_step} drawn each step)" if cfg.exemplars_per_step else ""
+    log.info("fine-tuning on %d exemplars%s and a pool of %d unlabeled regions; first %d "
+             "of %d encoder blocks frozen; %s", len(positives), each, len(pool), k,
+             model.cfg.depth, device)
     forward = torch.compile(model) if cfg.compile else model
     kept_student = finished_student(out_dir, to_dict(cfg), cfg.steps) \
         if cfg.student_steps > 0 else None

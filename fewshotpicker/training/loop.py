@@ -36,6 +36,14 @@ StepFn = Callable[[int], Tuple[torch.Tensor, dict]]
 
 # config fields that may change between an interrupted run and its continuation
 RESUMABLE_CHANGES = {"steps", "epochs", "checkpoint_every", "device", "compile"}
+# settings added after runs were first checkpointed, with the value that does what those runs
+# did, so that a run saved before a setting existed still resumes where nothing changed
+ADDED_SETTINGS = {"exemplars_per_step": 0}
+
+
+def with_added_settings(config: dict) -> dict:
+    """``config`` of a saved run, with the settings it predates at their old behaviour."""
+    return {**ADDED_SETTINGS, **config}
 
 
 @dataclass(frozen=True)
@@ -117,8 +125,8 @@ def _resume(out_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
     if not path.exists():
         return 0, []
     state = load_checkpoint(path, kinds=["resume"])
-    old = _comparable(state["config"])
-    new = _comparable(config)
+    old = _comparable(with_added_settings(state["config"]))
+    new = _comparable(with_added_settings(config))
     if "inputs" not in old:  # a checkpoint from before the inputs were recorded
         new.pop("inputs", None)
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

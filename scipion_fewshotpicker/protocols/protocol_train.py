@@ -44,6 +44,13 @@ class FewShotProtTrain(ProtParticlePicking, FewShotProtBase):
                       label="Class prior (pi)",
                       help="Probability that an unlabeled region holds a particle "
                            "(0 = plain SCS loss).")
+        form.addParam("exemplarsPerStep", params.IntParam, default=64,
+                      validators=[params.GE(0)], expertLevel=params.LEVEL_ADVANCED,
+                      label="Exemplars per step",
+                      help="With more exemplars than this, each training step uses this many, "
+                           "drawn afresh each step, so that hundreds of hand-picked particles "
+                           "do not make every step hundreds of times slower. 0: all of them "
+                           "every step.")
         form.addParam("studentSteps", params.IntParam, default=300,
                       validators=[params.GE(0)], expertLevel=params.LEVEL_ADVANCED,
                       label="Student training steps",
@@ -89,6 +96,7 @@ class FewShotProtTrain(ProtParticlePicking, FewShotProtBase):
         values = {"box": float(self.getBoxSize()), "steps": self.steps.get(),
                   "prior": self.prior.get(), "student_steps": self.studentSteps.get(),
                   "input_size": self.inputSize.get(),
+                  "exemplars_per_step": self.exemplarsPerStep.get(),
                   "device": self.getDeviceSpec(single=True),
                   "seed": self.seed.get()}
         if self.inputModel.get() is not None:

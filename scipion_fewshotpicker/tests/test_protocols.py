@@ -247,7 +247,8 @@ class TestFewShotWorkflow(BaseTest):
                                inputModel=self.pretrain.outputModel, steps=100, inputSize=48,
                                studentSteps=0, useGpu=False)
         with open(os.path.join(smaller.outputModel.getPath(), "config.json")) as fh:
-            self.assertEqual(json.load(fh)["config"]["input_size"], 48)
+            config = json.load(fh)["config"]
+        self.assertEqual((config["input_size"], config["exemplars_per_step"]), (48, 64))
         pick = self._launch(FewShotProtPick, inputMicrographs=self.mics,
                             inputModel=smaller.outputModel, useGpu=False)
         f1 = {"full": self._f1(self.pick), "smaller input": self._f1(pick)}
