@@ -48,8 +48,9 @@ def add_parser(sub) -> None:
     p.add_argument("--student-steps", type=int,
                    help="after fine-tuning, train the dense student that 'pick --student' uses "
                         "on the model's own score maps of these micrographs for this many steps "
-                        "(default 300, about 1 min on two CPU cores for four 1024^2 "
-                        "micrographs); 0 = none")
+                        "(default 300; on two CPU cores 1-3 min, 163 s for 1024^2 micrographs "
+                        "with a 40 px box: it grows with the micrographs' area once a box is "
+                        "scaled to the model input, not with their number); 0 = none")
     p.add_argument("--input-size", type=int,
                    help="model input, px, that a box is scaled to for fine-tuning and picking "
                         "(default: the pretrained model's, 224 for base, 64 for tiny); a "

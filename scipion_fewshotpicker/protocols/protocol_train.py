@@ -57,8 +57,9 @@ class FewShotProtTrain(ProtParticlePicking, FewShotProtBase):
                       help="After fine-tuning, a small convolutional network (the student) "
                            "learns the model's own score maps of these micrographs; picking "
                            "with 'student cascade' scoring then runs the model on a fiftieth "
-                           "of the windows. About 1 min on two CPU cores for four 1024 x 1024 "
-                           "micrographs. 0 = no student.")
+                           "of the windows. On two CPU cores 1-3 min (163 s for 1024 x 1024 "
+                           "micrographs with a 40 px box); it grows with the micrographs' "
+                           "area, not with their number. 0 = no student.")
         form.addParam("inputSize", params.IntParam, default=0, validators=[params.GE(0)],
                       expertLevel=params.LEVEL_ADVANCED, label="Model input size (px)",
                       help="Side in pixels that a particle box is scaled to for the model, "
