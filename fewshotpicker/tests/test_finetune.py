@@ -269,3 +269,5 @@ def test_a_run_saved_before_exemplars_per_step_existed_still_resumes(crowded, tm
     # a cap below the exemplar count trains differently from that run: refused, named
     with pytest.raises(InputError, match="exemplars_per_step differ"):
         finetune(replace(cfg, steps=4, exemplars_per_step=3), mics[:1], exemplars, tmp_path)
+    with pytest.raises(InputError, match="--exemplars-per-step is -1; it must be 0"):
+        finetune(replace(cfg, exemplars_per_step=-1), mics[:1], exemplars, tmp_path / "neg")

@@ -248,6 +248,9 @@ def finetune(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame,
     out_dir, micrographs = Path(out_dir), [Path(m) for m in micrographs]
     if cfg.box <= 0:
         raise InputError("The particle box size (--box, px) is required for training.")
+    if cfg.exemplars_per_step < 0:
+        raise InputError(f"--exemplars-per-step is {cfg.exemplars_per_step}; it must be 0 (all "
+                         f"exemplars every step) or a positive number.")
     if len(exemplars) < MIN_EXEMPLARS:
         raise InputError(f"{source}: holds {len(exemplars)} exemplar(s); at least "
                          f"{MIN_EXEMPLARS} are needed (about 15 work best).")
