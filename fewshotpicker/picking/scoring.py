@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.regions import Preprocess, normalize_regions, prepare_micrograph, window_contrast_grid
-from ..device import inference_autocast
+from ..device import precision_autocast
 
 log = logging.getLogger("fewshotpicker")
 
@@ -147,7 +147,7 @@ def score_windows(model, windows: torch.Tensor, bank: Bank,
                   precision: str = "auto") -> torch.Tensor:
     """Max cosine to the bank for windows ``(n, s, s)``: returns ``(n,)`` float32."""
     device = bank.matrix.device
-    with inference_autocast(device, precision):
+    with precision_autocast(device, precision):
         feats = model.embed(normalize_regions(windows.float())[:, None])
     return (F.normalize(feats.float() - bank.centre, dim=-1) @ bank.matrix).max(dim=1).values
 

@@ -34,7 +34,7 @@ import torch
 
 from ..config import PruneConfig, to_dict
 from ..data.regions import Preprocess, random_views, rotations90, view_window_size
-from ..device import autocast, inference_autocast, resolve_device
+from ..device import autocast, precision_autocast, resolve_device
 from ..errors import InputError
 from ..io.checkpoint import MODEL_FILE, save_checkpoint
 from ..io.coordinates import match_micrographs
@@ -156,7 +156,7 @@ def logits_of(clf: PUClassifier, crops: torch.Tensor, cfg: PruneConfig,
     out = []
     for i in range(0, len(crops), batch):
         x = crops[i:i + batch].to(device)
-        with inference_autocast(device, cfg.precision):
+        with precision_autocast(device, cfg.precision):
             z = sum(clf(torch.rot90(x, k, dims=(-2, -1))).float() for k in turns)
         out.append((z / len(turns)).cpu().numpy())
     return np.concatenate(out) if out else np.empty(0)

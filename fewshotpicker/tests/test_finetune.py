@@ -179,6 +179,19 @@ def test_cli_train_from_a_checkpoint_of_another_kind_is_refused(crowded, tmp_pat
     assert code == 2 and "holds a 'resume' checkpoint" in err and len(err.strip().splitlines()) == 1
 
 
+def test_cli_train_records_the_students_precision(crowded, tmp_path):
+    out, meta, mics = crowded
+    code = main(["train", "--micrographs", str(mics[0]), "--exemplars",
+                 str(out / "exemplars.star"), "--box", str(meta["box_px"]), "--model", "micro",
+                 "--steps", "2", "--student-steps", "3", "--student-precision", "bf16",
+                 "--out", str(tmp_path), "--device", "cpu"])
+    assert code == 0
+    config = json.loads((tmp_path / "config.json").read_text())["config"]
+    payload = load_checkpoint(tmp_path / "model.pt")
+    assert config["student_precision"] == payload["config"]["student_precision"] == "bf16"
+    assert payload["student"]["steps"] == 3
+
+
 def test_fine_tuning_at_a_smaller_input_keeps_the_pretrained_positions(crowded, tmp_path):
     """--input-size 16 on the 32 px micro model: a box becomes 16 px, the 2 x 2 patch grid
     spans the pretrained 4 x 4 positions, and the features still separate particles."""
@@ -225,6 +238,30 @@ def test_repeating_a_finished_run_keeps_its_student_and_other_settings_distil_ag
             finetune(changed, mics[:1], exemplars, tmp_path)
 
 
+def test_another_student_for_a_finished_run_is_distilled_without_fine_tuning_again(
+        crowded, tmp_path, caplog):
+    """The student's settings change after the run finished: the fine-tuned encoder and its
+    bank are kept as they were, only the student is made anew with the new settings."""
+    out, meta, mics = crowded
+    exemplars = read_coordinates(out / "exemplars.star")
+    cfg = TrainConfig(box=float(meta["box_px"]), model="micro", steps=3, device="cpu",
+                      student_steps=4, student_precision="fp32", seed=2)
+    finetune(cfg, mics[:1], exemplars, tmp_path)
+    first = load_checkpoint(tmp_path / "model.pt")
+    with caplog.at_level("INFO", logger="fewshotpicker"):
+        finetune(replace(cfg, student_steps=6, student_precision="bf16"), mics[:1], exemplars,
+                 tmp_path)
+    assert "resuming from step 3" in caplog.text
+    second = load_checkpoint(tmp_path / "model.pt")
+    assert second["student"]["steps"] == 6 and first["student"]["steps"] == 4
+    assert second["config"]["student_precision"] == "bf16"
+    assert all(torch.equal(second["state_dict"][k], v) for k, v in first["state_dict"].items())
+    assert torch.equal(second["bank"], first["bank"])
+    changed = [k for k, v in first["student"]["state_dict"].items()
+               if not torch.equal(second["student"]["state_dict"][k], v)]
+    assert changed
+
+
 def test_more_exemplars_than_a_step_takes_are_drawn_afresh_each_step(crowded, tmp_path,
                                                                       monkeypatch):
     """exemplars_per_step 4 of the set's exemplars: each step trains on 4 (x 4 turns) and
@@ -253,7 +290,7 @@ def test_more_exemplars_than_a_step_takes_are_drawn_afresh_each_step(crowded, tm
     assert load_checkpoint(tmp_path / "all" / "model.pt")["config"]["exemplars_per_step"] == 0
 
 
-def test_a_run_saved_before_exemplars_per_step_existed_still_resumes(crowded, tmp_path,
+def test_a_run_saved_before_exemplars_per_step_and_student_precision_existed_resumes(crowded, tmp_path,
                                                                      caplog):
     out, meta, mics = crowded
     exemplars = read_coordinates(out / "exemplars.star")
@@ -261,7 +298,8 @@ def test_a_run_saved_before_exemplars_per_step_existed_still_resumes(crowded, tm
                       student_steps=0, checkpoint_every=1)
     finetune(cfg, mics[:1], exemplars, tmp_path)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
-    del state["config"]["exemplars_per_step"]  # as written by sessions before it
+    del state["config"]["exemplars_per_step"]  # as written by sessions before them
+    del state["config"]["student_precision"]
     torch.save(state, tmp_path / "checkpoint.pt")
     with caplog.at_level("INFO", logger="fewshotpicker"):
         finetune(replace(cfg, steps=3), mics[:1], exemplars, tmp_path)

@@ -428,9 +428,9 @@ def test_auto_precision_uses_bf16_only_where_the_cpu_has_it(monkeypatch, avx512_
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     assert dev.cpu_bf16_supported() is native
     ones = torch.ones(4, 4)
-    with dev.inference_autocast(torch.device("cpu"), "auto"):
+    with dev.precision_autocast(torch.device("cpu"), "auto"):
         assert ((ones @ ones).dtype == torch.bfloat16) is native
-    with dev.inference_autocast(torch.device("cpu"), "bf16"):
+    with dev.precision_autocast(torch.device("cpu"), "bf16"):
         assert (ones @ ones).dtype == torch.bfloat16
 
 

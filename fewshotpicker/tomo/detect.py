@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 from scipy.spatial import cKDTree
 
-from ..device import inference_autocast
+from ..device import precision_autocast
 from ..picking.threshold import mixture_cutoff
 from .data import Tomogram, tiles
 from .targets import local_peaks
@@ -32,7 +32,7 @@ def detect(model: UNet3d, tomo: Tomogram, radius: int, tile: int,
     halo = radius + 16
     for lo, size, core_lo, core_hi in tiles(tomo.shape, tile, halo, model.multiple):
         x = tomo.read(lo, size)[None].to(device)
-        with inference_autocast(device):
+        with precision_autocast(device):
             prob = torch.sigmoid(model(x).float())[0]
         peaks = local_peaks(prob, radius, CANDIDATE_FLOOR).cpu().numpy()
         zyx = peaks[:, 1:] + lo

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.regions import Preprocess, prepare_micrograph
+from ..device import precision_autocast
 from ..models.inference import scoring_encoder
 from ..models.student import ScoreStudent, pad_to_stride, sample_at, student_payload
 from ..picking.scoring import score_micrograph
@@ -59,9 +60,11 @@ def turn(image: torch.Tensor, xy: torch.Tensor, quarters: int, flip: bool) -> tu
 
 def train_student(targets: list, steps: int, seed: int, device: torch.device,
                   width: int = 64, lr: float = 2e-3,
-                  progress: Optional[Callable] = None) -> tuple:
+                  progress: Optional[Callable] = None, precision: str = "fp32") -> tuple:
     """Fit a student to ``targets`` (:func:`teacher_targets`), one turned micrograph per
-    step, mean squared error on the scores; returns ``(student in eval mode, final loss)``."""
+    step, mean squared error on the scores; returns ``(student in eval mode, final loss)``.
+    ``precision`` (:func:`~fewshotpicker.device.precision_autocast`) is that of the
+    student's convolutions but the last; its output, the loss and the weights stay fp32."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     student = ScoreStudent(width).to(device)
@@ -72,7 +75,9 @@ def train_student(targets: list, steps: int, seed: int, device: torch.device,
     for step in bar:
         image, xy, scores = targets[step % len(targets)]
         image, xy = turn(image, xy, int(rng.integers(4)), bool(rng.random() < 0.5))
-        loss = F.mse_loss(sample_at(student(image), xy, image.shape[-2:]), scores)
+        with precision_autocast(device, precision):
+            predicted = student(image)
+        loss = F.mse_loss(sample_at(predicted, xy, image.shape[-2:]), scores)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -83,14 +88,16 @@ def train_student(targets: list, steps: int, seed: int, device: torch.device,
 
 def distil(model, bank, images: List[np.ndarray], pre: Preprocess, stride_px: float,
            steps: int, seed: int, device: torch.device, batch: int,
-           progress: Optional[Callable] = None, width: int = 64) -> dict:
+           progress: Optional[Callable] = None, width: int = 64,
+           precision: str = "fp32") -> dict:
     """Teacher maps of ``images``, then a trained student; returns its ``model.pt`` entry."""
     start = time.perf_counter()
     model.eval()
     with torch.no_grad():
         targets = teacher_targets(model, bank, images, pre, stride_px, device, batch)
     teacher_s = time.perf_counter() - start
-    student, loss = train_student(targets, steps, seed, device, width, progress=progress)
+    student, loss = train_student(targets, steps, seed, device, width, progress=progress,
+                                  precision=precision)
     log.info("student distilled from %d micrograph score map(s) in %.0f s (maps %.0f s), final "
              "mean squared error %.4f", len(images), time.perf_counter() - start, teacher_s,
              loss)

@@ -221,7 +221,7 @@ def distil_student(model, bank: torch.Tensor, centre: torch.Tensor, micrographs:
     return distil(model, scorer, images, pre, default_stride(pre.box), cfg.student_steps,
                   cfg.seed, device, window_batch(0, device),
                   (lambda it, desc, total: progress(it, desc=desc, total=total))
-                  if progress else None)
+                  if progress else None, precision=cfg.student_precision)
 
 
 def finished_student(out_dir: Path, config: dict, steps: int) -> Optional[dict]:

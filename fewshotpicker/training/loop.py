@@ -34,11 +34,13 @@ from .plots import plot_losses
 log = logging.getLogger("fewshotpicker")
 StepFn = Callable[[int], Tuple[torch.Tensor, dict]]
 
-# config fields that may change between an interrupted run and its continuation
-RESUMABLE_CHANGES = {"steps", "epochs", "checkpoint_every", "device", "compile"}
+# config fields that may change between an interrupted run and its continuation (the student
+# is distilled after fine-tuning: its settings never make a checkpoint stale)
+RESUMABLE_CHANGES = {"steps", "epochs", "checkpoint_every", "device", "compile",
+                     "student_steps", "student_precision"}
 # settings added after runs were first checkpointed, with the value that does what those runs
 # did, so that a run saved before a setting existed still resumes where nothing changed
-ADDED_SETTINGS = {"exemplars_per_step": 0}
+ADDED_SETTINGS = {"exemplars_per_step": 0, "student_precision": "fp32"}
 
 
 def with_added_settings(config: dict) -> dict:

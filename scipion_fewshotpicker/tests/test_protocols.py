@@ -248,7 +248,8 @@ class TestFewShotWorkflow(BaseTest):
                                studentSteps=0, useGpu=False)
         with open(os.path.join(smaller.outputModel.getPath(), "config.json")) as fh:
             config = json.load(fh)["config"]
-        self.assertEqual((config["input_size"], config["exemplars_per_step"]), (48, 64))
+        self.assertEqual((config["input_size"], config["exemplars_per_step"],
+                          config["student_precision"]), (48, 64, "fp32"))
         pick = self._launch(FewShotProtPick, inputMicrographs=self.mics,
                             inputModel=smaller.outputModel, useGpu=False)
         f1 = {"full": self._f1(self.pick), "smaller input": self._f1(pick)}
