@@ -309,3 +309,6 @@ def test_a_run_saved_before_exemplars_per_step_and_student_precision_existed_res
         finetune(replace(cfg, steps=4, exemplars_per_step=3), mics[:1], exemplars, tmp_path)
     with pytest.raises(InputError, match="--exemplars-per-step is -1; it must be 0"):
         finetune(replace(cfg, exemplars_per_step=-1), mics[:1], exemplars, tmp_path / "neg")
+    with pytest.raises(InputError, match="--student-precision is 'fp16'; it must be one of"):
+        finetune(replace(cfg, student_precision="fp16"), mics[:1], exemplars, tmp_path / "p")
+    assert not (tmp_path / "p").exists()       # refused before any work

@@ -23,7 +23,7 @@ from ..config import TrainConfig, to_dict
 from ..data.regions import (Preprocess, check_inside, crop_windows, normalize_regions,
                             prepare_micrograph, random_centres, random_views, rotations90,
                             view_window_size, window_contrast_at)
-from ..device import autocast, resolve_device
+from ..device import PRECISIONS, autocast, resolve_device
 from ..errors import InputError
 from ..io.checkpoint import MODEL_FILE, RESUME_FILE, load_checkpoint, save_checkpoint
 from ..io.coordinates import match_micrographs, micrograph_key
@@ -251,6 +251,9 @@ def finetune(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame,
     if cfg.exemplars_per_step < 0:
         raise InputError(f"--exemplars-per-step is {cfg.exemplars_per_step}; it must be 0 (all "
                          f"exemplars every step) or a positive number.")
+    if cfg.student_precision not in PRECISIONS:
+        raise InputError(f"--student-precision is {cfg.student_precision!r}; it must be one of "
+                         f"{', '.join(PRECISIONS)}.")
     if len(exemplars) < MIN_EXEMPLARS:
         raise InputError(f"{source}: holds {len(exemplars)} exemplar(s); at least "
                          f"{MIN_EXEMPLARS} are needed (about 15 work best).")
