@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from ..config import PickConfig
+from ..device import PRECISIONS
 from ..errors import InputError, none_picked
 from ..picking.threshold import resolved_rule
 from ..picking.run import apply_global_quantile, score_all, write_pick_outputs
@@ -85,7 +86,7 @@ def add_parser(sub) -> None:
                    help="windows per encoder batch (default 0: 1024 on a GPU, 128 on a CPU; "
                         "halves by itself when the GPU runs out of memory)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or a list such as 0,1")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
+    p.add_argument("--precision", choices=PRECISIONS,
                    help="encoder arithmetic: auto (default: bf16 on GPUs and on CPUs with "
                         "native bf16, else fp32), bf16 or fp32")
     p.add_argument("--compile", action="store_const", const=True,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import PruneConfig
+from ..device import PRECISIONS
 from ..io.coordinates import read_coordinates
 from ..models.mae import MODEL_SIZES
 from ..pruning.run import prune
@@ -54,7 +55,7 @@ def add_parser(sub) -> None:
     p.add_argument("--beta", type=float, help="nnPU clipping level (default 0)")
     p.add_argument("--max-unlabeled", type=int, help="picks used for training (all are scored)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="scoring precision")
+    p.add_argument("--precision", choices=PRECISIONS, help="scoring precision")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     p.add_argument("--seed", type=int)
     add_config_argument(p)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import TrainConfig
+from ..device import PRECISIONS
 from ..io.coordinates import read_coordinates
 from ..models.mae import MODEL_SIZES
 from ..training.finetune import finetune
@@ -52,7 +53,7 @@ def add_parser(sub) -> None:
                         "(default 300; on two CPU cores 1-3 min, 163 s for 1024^2 micrographs "
                         "with a 40 px box: it grows with the micrographs' area once a box is "
                         "scaled to the model input, not with their number); 0 = none")
-    p.add_argument("--student-precision", choices=["auto", "bf16", "fp32"],
+    p.add_argument("--student-precision", choices=PRECISIONS,
                    help="arithmetic of the student's convolutions but its last, which stays "
                         "fp32 (default fp32). auto: bf16 on GPUs and on CPUs with native bf16 "
                         "(AVX512-BF16 or AMX), fp32 elsewhere; on two such cores it took 52-66%% "

@@ -290,8 +290,8 @@ def test_more_exemplars_than_a_step_takes_are_drawn_afresh_each_step(crowded, tm
     assert load_checkpoint(tmp_path / "all" / "model.pt")["config"]["exemplars_per_step"] == 0
 
 
-def test_a_run_saved_before_exemplars_per_step_and_student_precision_existed_resumes(crowded, tmp_path,
-                                                                     caplog):
+def test_a_run_saved_before_exemplars_per_step_and_student_precision_existed_resumes(
+        crowded, tmp_path, caplog):
     out, meta, mics = crowded
     exemplars = read_coordinates(out / "exemplars.star")
     cfg = TrainConfig(box=float(meta["box_px"]), model="micro", steps=2, device="cpu",
