@@ -79,6 +79,17 @@ def test_every_protocol_parameter_has_help():
             assert param.help.get(), f"{cls.__name__}.{name} has no help"
 
 
+def test_train_protocol_offers_the_engines_student_precisions_with_its_default_first():
+    from fewshotpicker.config import TrainConfig
+    from fewshotpicker.device import PRECISIONS
+    from scipion_fewshotpicker.protocols import FewShotProtTrain
+    from scipion_fewshotpicker.protocols.protocol_train import STUDENT_PRECISIONS
+
+    assert sorted(STUDENT_PRECISIONS) == sorted(PRECISIONS)
+    assert STUDENT_PRECISIONS[FewShotProtTrain().studentPrecision.get()] == \
+        TrainConfig().student_precision
+
+
 def test_coordinate_rows_are_rescaled_and_matched_by_micrograph_name():
     from types import SimpleNamespace as NS
     from scipion_fewshotpicker.convert import coordinateRows

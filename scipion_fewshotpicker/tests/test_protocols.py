@@ -245,11 +245,11 @@ class TestFewShotWorkflow(BaseTest):
         smaller = self._launch(FewShotProtTrain, inputMicrographs=self.mics,
                                inputCoordinates=self.exemplars,
                                inputModel=self.pretrain.outputModel, steps=100, inputSize=48,
-                               studentSteps=0, useGpu=False)
+                               studentSteps=0, studentPrecision=2, useGpu=False)
         with open(os.path.join(smaller.outputModel.getPath(), "config.json")) as fh:
             config = json.load(fh)["config"]
         self.assertEqual((config["input_size"], config["exemplars_per_step"],
-                          config["student_precision"]), (48, 64, "fp32"))
+                          config["student_precision"]), (48, 64, "bf16"))
         pick = self._launch(FewShotProtPick, inputMicrographs=self.mics,
                             inputModel=smaller.outputModel, useGpu=False)
         f1 = {"full": self._f1(self.pick), "smaller input": self._f1(pick)}
