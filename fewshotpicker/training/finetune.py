@@ -242,10 +242,8 @@ def finished_student(out_dir: Path, config: dict, steps: int) -> Optional[dict]:
     return payload.get("student") if same else None
 
 
-def finetune(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame, out_dir: Path,
-             source: str = "exemplars", progress: Optional[Callable] = None) -> dict:
-    """Fine-tune on exemplars; writes ``model.pt`` (with the feature bank) and curves."""
-    out_dir, micrographs = Path(out_dir), [Path(m) for m in micrographs]
+def check_settings(cfg: TrainConfig, n_exemplars: int, source: str) -> None:
+    """Refuse, in one sentence each, settings fine-tuning cannot use, before any work."""
     if cfg.box <= 0:
         raise InputError("The particle box size (--box, px) is required for training.")
     if cfg.exemplars_per_step < 0:
@@ -254,30 +252,60 @@ def finetune(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame,
     if cfg.student_precision not in PRECISIONS:
         raise InputError(f"--student-precision is {cfg.student_precision!r}; it must be one of "
                          f"{', '.join(PRECISIONS)}.")
-    if len(exemplars) < MIN_EXEMPLARS:
-        raise InputError(f"{source}: holds {len(exemplars)} exemplar(s); at least "
+    if cfg.pooling and cfg.pooling not in ("mean", "cls"):
+        raise InputError(f"Pooling {cfg.pooling!r} is not 'mean' or 'cls'.")
+    if n_exemplars < MIN_EXEMPLARS:
+        raise InputError(f"{source}: holds {n_exemplars} exemplar(s); at least "
                          f"{MIN_EXEMPLARS} are needed (about 15 work best).")
-    device = resolve_device(cfg.device)
+
+
+def model_to_finetune(cfg: TrainConfig, device: torch.device) -> MaskedAutoencoder:
+    """The model of :func:`build_model` with the pooling and input size ``cfg`` asks for."""
     model = build_model(cfg, device)
     if cfg.pooling:
-        if cfg.pooling not in ("mean", "cls"):
-            raise InputError(f"Pooling {cfg.pooling!r} is not 'mean' or 'cls'.")
         model.cfg = replace(model.cfg, pooling=cfg.pooling)
     if cfg.input_size:
         try:
             model = resize_input(model, cfg.input_size)
         except ValueError as exc:
             raise InputError(f"--input-size: {exc}.") from None
+    return model
+
+
+def freeze_for_finetuning(model: MaskedAutoencoder, cfg: TrainConfig) -> int:
+    """Freeze the first encoder blocks (``cfg.freeze_blocks``; -1: half of a pretrained
+    model's, none of a new one's, whose blocks hold nothing yet); returns how many."""
+    k = cfg.freeze_blocks if cfg.freeze_blocks >= 0 else \
+        (model.cfg.depth // 2 if cfg.pretrained else 0)
+    model.freeze_encoder_blocks(k)
+    return k
+
+
+def exemplar_bank(model: MaskedAutoencoder, positives: torch.Tensor, pool: torch.Tensor,
+                  cfg: TrainConfig, device: torch.device) -> tuple:
+    """The bank ``(k, d)`` of the exemplars' (turned) views, the background centre ``(d,)``
+    (zeros without ``cfg.centre_features``) and their separation statistics."""
+    views = centre_crop(positives, model.cfg.img_size)
+    bank = embed_regions(model, rotations90(views) if cfg.rotations else views, device)
+    background = embed_regions(model, pool, device)
+    centre = background.mean(dim=0) if cfg.centre_features else torch.zeros(bank.shape[1])
+    return bank, centre, separation(bank, background, centre)
+
+
+def finetune(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame, out_dir: Path,
+             source: str = "exemplars", progress: Optional[Callable] = None) -> dict:
+    """Fine-tune on exemplars; writes ``model.pt`` (with the feature bank) and curves."""
+    out_dir, micrographs = Path(out_dir), [Path(m) for m in micrographs]
+    check_settings(cfg, len(exemplars), source)
+    device = resolve_device(cfg.device)
+    model = model_to_finetune(cfg, device)
     pre = Preprocess(box=cfg.box, img_size=model.cfg.img_size, highpass=cfg.highpass,
                      lowpass=cfg.lowpass, film_edges=cfg.film_edges)
     positives, pool, shifted, contrast = collect_regions(cfg, micrographs, exemplars, pre,
                                                          device, source)
     if exemplars_each_step(cfg, len(positives)) == len(positives):
         cfg = replace(cfg, exemplars_per_step=0)  # recorded as what it does: all each step
-    # freezing only makes sense for pretrained blocks
-    k = cfg.freeze_blocks if cfg.freeze_blocks >= 0 else \
-        (model.cfg.depth // 2 if cfg.pretrained else 0)
-    model.freeze_encoder_blocks(k)
+    k = freeze_for_finetuning(model, cfg)
     each = f" ({cfg.exemplars_per_step} drawn each step)" if cfg.exemplars_per_step else ""
     log.info("fine-tuning on %d exemplars%s and a pool of %d unlabeled regions; first %d "
              "of %d encoder blocks frozen; %s", len(positives), each, len(pool), k,
@@ -293,11 +321,7 @@ def finetune(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame,
                     "exemplar fine-tuning",
                     (lambda it, total: progress(it, desc="train", total=total))
                     if progress else None)
-    views = centre_crop(positives, model.cfg.img_size)
-    bank = embed_regions(model, rotations90(views) if cfg.rotations else views, device)
-    background = embed_regions(model, pool, device)
-    centre = background.mean(dim=0) if cfg.centre_features else torch.zeros(bank.shape[1])
-    stats = separation(bank, background, centre)
+    bank, centre, stats = exemplar_bank(model, positives, pool, cfg, device)
     if kept_student is not None:
         log.info("%s: this run had already finished; its student is kept, not distilled again",
                  out_dir / MODEL_FILE)
