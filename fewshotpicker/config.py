@@ -256,6 +256,9 @@ class PickConfig:
     shoulder_dip: float = 0.4         # ... unless the score falls by this share of its height between them
     max_contrast: float = 2.5         # drop peaks whose window's standard deviation exceeds this many
                                       # times the exemplars' median (ice, carbon, aggregates); 0 = off
+    surround: float = 0.5             # rank picks against their surround: each score (Fisher z) less this
+                                      # times its surround's excess (mean score 0.75 box away, over the
+                                      # micrograph's median); the cutoff's count is kept; 0 = off
     threshold: str = "auto"           # auto (anchored mixture) | gmm | otsu2 | density (CryoMAE) | quantile | number
     k: int = 10                       # neighbours of the density cutoff
     quantile: float = 0.9             # global quantile of candidate scores when threshold=quantile

@@ -23,7 +23,7 @@ FLAGS = {"model": "model", "stride": "stride", "coarse": "coarse", "student": "s
          "student_check": "student_check",
          "min_distance": "min_distance",
          "shoulder_reach": "shoulder_reach", "shoulder_dip": "shoulder_dip",
-         "max_contrast": "max_contrast",
+         "max_contrast": "max_contrast", "surround": "surround",
          "threshold": "threshold", "k": "k", "quantile": "quantile",
          "exclude_border": "exclude_border", "edge_windows": "edge_windows",
          "batch_size": "batch_size", "device": "device",
@@ -67,6 +67,13 @@ def add_parser(sub) -> None:
                         "exceeds this many times the exemplars' median: ice crystals, carbon "
                         "edges and aggregates, which the model can mistake for particles "
                         "(RELION's 'max stddev noise', set by the exemplars; default 2.5; 0 = off)")
+    p.add_argument("--surround", type=float,
+                   help="rank the picks a cutoff keeps against their surround: each score, in "
+                        "Fisher z, loses this many times how far the mean score 0.75 box "
+                        "around it lies above the micrograph's typical surround, so a peak in "
+                        "a region that scores high all over ranks below one that stands out; "
+                        "the cutoff still sets how many picks; the corrected score is the "
+                        "figure of merit written out (default 0.5; 0 = off)")
     p.add_argument("--threshold", help="auto (default: a mixture of 2 to 4 classes of each "
                                        "micrograph's scores, the particle class placed where "
                                        "the exemplars score each other), gmm (a 2- or "
@@ -128,6 +135,9 @@ def refuse_bad_settings(cfg: PickConfig) -> None:
     if not (cfg.max_contrast == 0 or cfg.max_contrast >= 1):  # also refuses nan
         raise InputError(f"--max-contrast {cfg.max_contrast}: must be 0 (off) or at least 1 "
                          f"(times the exemplars' window contrast; 2.5 by default).")
+    if not 0 <= cfg.surround <= 10:  # also refuses nan
+        raise InputError(f"--surround {cfg.surround}: must be 0 (off) or a weight up to 10 "
+                         f"(0.5 by default).")
     if not cfg.exclude_border >= 0:  # also refuses nan
         raise InputError(f"--exclude-border {cfg.exclude_border}: must be 0 (no margin) or more "
                          f"pixels.")

@@ -113,11 +113,15 @@ def pick_with_student(model, student: ScoreStudent, bank: Bank, prepared: torch.
     ``find_candidates(score_map)`` applies the peak rules, ``cutoff(scores)`` the
     micrograph's cutoff rule (which decides whether more candidates are re-scored);
     ``edges``: the grid reaches the edges, as :func:`~.scoring.score_prepared`'s does.
-    Returns the candidates with ``score_map.scored`` = re-scored windows / grid windows."""
+    Returns the candidates with ``score_map.scored`` = re-scored windows / grid windows and
+    ``rescored`` ``(n,)`` marking them."""
     step = max(1, int(round(stride_px * pre.scale)))
     smap = student_map(student, prepared, pre.img_size, step, pre.scale, edges)
     cands = find_candidates(smap)
+    order = np.argsort(-cands.scores, kind="stable")   # rescore_best's order
     cands.scores, n = rescore_best(model, bank, prepared, cands.xy, cands.scores, share,
                                    pre.scale, pre.img_size, batch, precision, cutoff)
+    cands.rescored = np.zeros(len(cands.scores), dtype=bool)
+    cands.rescored[order[:n]] = True
     smap.scored = n / smap.scores.size
     return cands

@@ -115,3 +115,18 @@ def suppress_shoulders(score: np.ndarray, positions: np.ndarray, values: np.ndar
                 keep[i] = False
                 break
     return keep
+
+
+def ring_mean(score: np.ndarray, positions: np.ndarray, radius: float,
+              points: int = 16) -> np.ndarray:
+    """Mean of ``score`` ``(h, w)`` on a circle of ``radius`` (map px) around each of
+    ``positions`` ``(n, 2)`` (x, y map px): ``(n,)``. Bilinear, ``points`` samples per
+    circle; samples beyond the map take its nearest edge value."""
+    if len(positions) == 0:
+        return np.empty(0)
+    angle = np.linspace(0.0, 2 * np.pi, points, endpoint=False)
+    x = positions[:, :1] + radius * np.cos(angle)[None]
+    y = positions[:, 1:2] + radius * np.sin(angle)[None]
+    values = ndimage.map_coordinates(np.asarray(score, dtype=np.float64),
+                                     [y.ravel(), x.ravel()], order=1, mode="nearest")
+    return values.reshape(x.shape).mean(axis=1)

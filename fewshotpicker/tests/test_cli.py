@@ -127,6 +127,8 @@ def test_bad_input_gives_one_sentence_and_exit_2(tmp_path, capsys):
             (["--shoulder-dip", "1.5"], "the dip a share of the peak's height in (0, 1]."),
             (["--max-contrast", "0.5"], "--max-contrast 0.5: must be 0 (off) or at least 1"),
             (["--max-contrast", "nan"], "--max-contrast nan: must be 0 (off) or at least 1"),
+            (["--surround", "-0.5"], "--surround -0.5: must be 0 (off) or a weight up to 10"),
+            (["--surround", "nan"], "--surround nan: must be 0 (off) or a weight up to 10"),
             (["--exclude-border", "-5"], "--exclude-border -5.0: must be 0 (no margin) or")):
         code, _, err = run(capsys, *pick, *flags)
         assert code == 2 and message in err, flags

@@ -4,7 +4,7 @@ import pytest
 
 from fewshotpicker.config import DogConfig
 from fewshotpicker.picking.dog import pick_dog
-from fewshotpicker.picking.peaks import (find_peaks, path_minimum, suppress_close,
+from fewshotpicker.picking.peaks import (find_peaks, path_minimum, ring_mean, suppress_close,
                                         suppress_shoulders)
 
 
@@ -110,3 +110,15 @@ def test_dog_bright_particles_need_the_flag():
     xy_dark, _, _ = pick_dog(image, DogConfig(diameter=20))
     assert all(np.min(np.linalg.norm(xy_dark - np.array(c), axis=1)) > 5 for c in centres) \
         if len(xy_dark) else True
+
+
+def test_ring_mean_is_the_mean_on_a_circle_around_each_point():
+    yy, xx = np.mgrid[0:60, 0:80].astype(float)
+    plane = 0.5 * xx - 0.25 * yy                      # a plane: its circle mean is the centre's
+    centres = np.array([[30.0, 20.0], [41.5, 33.25]])
+    np.testing.assert_allclose(ring_mean(plane, centres, 7.0), 0.5 * centres[:, 0]
+                               - 0.25 * centres[:, 1], atol=1e-9)
+    bump = np.exp(-((xx - 40) ** 2 + (yy - 30) ** 2) / (2 * 6.0 ** 2))
+    assert ring_mean(bump, np.array([[40.0, 30.0]]), 6.0)[0] == \
+        pytest.approx(np.exp(-0.5), abs=0.01)         # one sigma out
+    assert ring_mean(bump, np.empty((0, 2)), 6.0).shape == (0,)

@@ -15,7 +15,9 @@ from fewshotpicker.io.checkpoint import save_checkpoint
 from fewshotpicker.io.mrc import read_image, write_mrc
 from fewshotpicker.models.mae import build_mae
 from fewshotpicker.picking import run as pick_run
-from fewshotpicker.picking.picker import Candidates, default_stride, find_candidates
+from fewshotpicker.picking.picker import (Candidates, cutoff_keeping, default_stride,
+                                          find_candidates, rank_by_surround,
+                                          surround_corrected)
 from fewshotpicker.picking.plots import summarise_counts, unusual_counts
 from fewshotpicker.picking.scoring import (Bank, ScoreMap, edge_pad, fill_unscored,
                                            refine_seeds, score_coarse_to_fine, score_grid,
@@ -100,6 +102,69 @@ def test_candidates_drop_a_shoulder_within_the_reach_only():
     # the same two peaks with a valley between them are two particles
     scores[10, 12] = 0.1
     assert len(find_candidates(sm, (200, 300), box=40, cfg=PickConfig()).scores) == 2
+
+
+def test_surround_correction_lowers_a_score_by_its_surrounds_excess_over_the_median():
+    scores = np.array([0.99, 0.99, 0.95])
+    surround = np.array([0.10, 0.60, 0.10])           # median 0.10: only the second stands out
+    out = surround_corrected(scores, surround, 0.5)
+    assert out[0] == pytest.approx(0.99) and out[2] == pytest.approx(0.95)
+    assert np.arctanh(out[1]) == pytest.approx(np.arctanh(0.99) - 0.5 * (np.arctanh(0.6)
+                                                                        - np.arctanh(0.1)))
+    np.testing.assert_allclose(surround_corrected(scores, surround, 0.0), scores)
+
+
+def test_cutoff_keeping_keeps_exactly_the_count_asked():
+    scores = np.array([0.3, 0.9, 0.5, 0.7])
+    for count in range(5):
+        assert int((scores > cutoff_keeping(scores, count)).sum()) == count
+
+
+def _a_lone_peak_and_one_on_a_hill():
+    """Candidates of a map with a lone peak (0.98 at x = 12) on a flat 0.1 and a higher one
+    (0.985 at x = 42) atop a broad hill that scores 0.5 a box's 0.75 away; box 12 map px."""
+    yy, xx = np.mgrid[0:30, 0:60].astype(float)
+    scores = 0.1 + 0.6 * np.exp(-((xx - 42) ** 2 + (yy - 15) ** 2) / (2 * 10.0 ** 2))
+    scores[15, 12], scores[15, 42] = 0.98, 0.985
+    sm = ScoreMap(scores, step=1, offset=0.0, scale=1.0)
+    cands = find_candidates(sm, (30, 60), box=12, cfg=PickConfig())
+    assert len(cands.scores) == 2 and cands.xy[0][0] == pytest.approx(42, abs=0.6)
+    return cands
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_ranking_by_surround_keeps_the_peak_that_stands_out(weight):
+    cands = _a_lone_peak_and_one_on_a_hill()
+    cands.cutoff = cutoff_keeping(cands.scores, 1)    # a fitted cut that keeps one pick
+    rank_by_surround(cands, weight, "auto")
+    kept, _ = cands.kept()
+    # the hill's peak scores higher, but stands out less from what is around it: ranked
+    # against its surround the lone peak is the one kept, without the correction the hill's
+    assert len(kept) == 1 and kept[0][0] == pytest.approx(12 if weight else 42, abs=0.6)
+    assert np.isfinite(cands.fitted_cutoff) == bool(weight)
+
+
+def test_in_the_cascade_only_re_scored_candidates_are_corrected_and_the_rest_stay_below():
+    cands = _a_lone_peak_and_one_on_a_hill()
+    cands.rescored = np.array([True, False])          # the encoder re-scored the hill's peak
+    cands.cutoff = cutoff_keeping(cands.scores, 1)
+    before = cands.scores.copy()
+    rank_by_surround(cands, 0.5, "auto")
+    kept, _ = cands.kept()
+    assert len(kept) == 1 and kept[0][0] == pytest.approx(42, abs=0.6)
+    # the one re-scored candidate is its own median surround: its score stays; the other,
+    # lower by the student's score, cannot overtake it by its lower surround
+    assert cands.scores[0] == pytest.approx(before[0]) and cands.scores[1] < cands.scores[0]
+
+
+def test_a_fixed_threshold_cuts_the_surround_corrected_scores():
+    cands = _a_lone_peak_and_one_on_a_hill()
+    cands.cutoff = 0.97                               # both pass before the correction
+    rank_by_surround(cands, 0.5, "0.982")
+    kept, scores = cands.kept()
+    assert cands.cutoff == 0.982 and cands.fitted_cutoff == 0.97
+    assert len(kept) == 1 and kept[0][0] == pytest.approx(12, abs=0.6)
+    assert scores[0] > 0.98                           # its surround is below the median
 
 
 def test_density_cutoff_falls_between_particles_and_background():
@@ -400,6 +465,27 @@ def test_pick_edge_windows_flag_reaches_the_config_and_the_edges(random_model, t
     # left and top, 11 px on the bottom (the grid does not divide the height), and a peak
     # refines by at most half a stride; with edge windows candidates come to the edge itself
     assert near["inside"] >= 11 - 2.25 and near["edges"] < 4
+
+
+def test_pick_records_the_fitted_cutoff_and_writes_surround_corrected_scores(random_model,
+                                                                            tmp_path):
+    from fewshotpicker.io.coordinates import read_coordinates
+    mic = write_mrc(tmp_path / "m.mrc", np.random.default_rng(4).normal(size=(96, 120)))
+    out = {}
+    for weight in ("0", "0.5"):
+        assert main(["pick", "--model", str(random_model), "--micrographs", str(mic), "--out",
+                     str(tmp_path / weight), "--device", "cpu", "--candidates",
+                     "--surround", weight, "--threshold", "gmm"]) == 0
+        record = json.loads((tmp_path / weight / "thresholds" / "m.json").read_text())
+        out[weight] = (record, read_coordinates(tmp_path / weight / "candidates.star"))
+    plain, corrected = out["0"], out["0.5"]
+    assert plain[0]["surround"] == 0.0 and plain[0]["fitted_cutoff"] is None
+    assert corrected[0]["surround"] == 0.5
+    assert corrected[0]["fitted_cutoff"] == pytest.approx(plain[0]["cutoff"])
+    # the same peaks, rescored; the fitted cutoff's number of picks is kept
+    np.testing.assert_allclose(plain[1][["x", "y"]], corrected[1][["x", "y"]])
+    assert not np.allclose(plain[1]["score"], corrected[1]["score"])
+    assert corrected[0]["picks"] == plain[0]["picks"] > 0
 
 
 def test_bf16_scores_match_fp32_to_a_few_thousandths(random_model):

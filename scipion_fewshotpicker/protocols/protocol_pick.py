@@ -91,6 +91,15 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
                            "median is dropped: ice crystals, carbon edges and aggregates, "
                            "which the model can mistake for particles. RELION's 'max stddev "
                            "noise', set by the exemplars. 0 = off.")
+        form.addParam("surround", params.FloatParam, default=0.5,
+                      validators=[params.Range(0, 10)], expertLevel=params.LEVEL_ADVANCED,
+                      label="Rank against the surround (weight)",
+                      help="The cutoff sets how many particles a micrograph gets; which ones "
+                           "is decided by each score minus this weight times how far the "
+                           "scores 0.75 box around it lie above the micrograph's usual level "
+                           "(in Fisher z): a peak that stands out from its background ranks "
+                           "above one in a region that scores high all over. The corrected "
+                           "score is the figure of merit written out. 0 = off.")
         form.addParam("edgeWindows", params.BooleanParam, default=False,
                       expertLevel=params.LEVEL_ADVANCED, label="Pick up to the edges?",
                       help="Yes: the micrograph is extended by reflection, as training extends "
@@ -171,6 +180,7 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
                 "min_distance": self.minDistance.get(),
                 "shoulder_reach": self.shoulderReach.get(),
                 "max_contrast": self.maxContrast.get(),
+                "surround": self.surround.get(),
                 "edge_windows": self.edgeWindows.get(),
                 "exclude_border": self.excludeBorder.get(),
                 "threshold": str(self.threshold.get()) if mode == "fixed" else mode,
