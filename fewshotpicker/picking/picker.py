@@ -140,8 +140,10 @@ def rank_by_surround(cands: Candidates, weight: float, threshold) -> None:
     """Score ``cands`` against their surround (module docstring), in place: the scores
     become :func:`surround_corrected`'s; a fitted cutoff keeps its number of picks, now
     the best by the corrected score; a fixed ``threshold`` cuts the corrected scores; the
-    global quantile is applied later, to them. ``weight`` 0 leaves ``cands`` as they are."""
-    if weight <= 0 or len(cands.scores) == 0:
+    global quantile is applied later, to them. ``weight`` 0, or no candidate scored by the
+    encoder, leaves ``cands`` as they are."""
+    judged = np.ones(len(cands.scores), bool) if cands.rescored is None else cands.rescored
+    if weight <= 0 or not judged.any():
         return
     smap = cands.score_map
     grid = (cands.xy * smap.scale - smap.offset) / smap.step   # (n, 2) map px
@@ -149,10 +151,9 @@ def rank_by_surround(cands: Candidates, weight: float, threshold) -> None:
     surround = ring_mean(smap.scores, grid, radius)
     count = int(np.sum(cands.scores > cands.cutoff))
     cands.fitted_cutoff = cands.cutoff
-    judged = np.ones(len(cands.scores), bool) if cands.rescored is None else cands.rescored
     corrected = surround_corrected(cands.scores[judged], surround[judged], weight)
     # candidates the encoder did not score stay under those it did, as the cascade ranks them
-    cands.scores = np.minimum(cands.scores, corrected.min() if len(corrected) else np.inf)
+    cands.scores = np.minimum(cands.scores, corrected.min())
     cands.scores[judged] = corrected
     rule = resolved_rule(threshold)
     if rule == "fixed":

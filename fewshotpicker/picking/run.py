@@ -197,7 +197,7 @@ def write_pick_outputs(results: Dict[str, object], cfg: PickConfig, out_dir: Pat
                   "encoder_cutoff": None if np.isnan(res.encoder_cutoff) else res.encoder_cutoff,
                   "student_cutoff": None if np.isnan(res.student_cutoff) else res.student_cutoff,
                   "fitted_cutoff": None if np.isnan(res.fitted_cutoff) else res.fitted_cutoff,
-                  "surround": cfg.surround if np.isfinite(res.fitted_cutoff) else 0.0,
+                  "surround": 0.0 if np.isnan(res.fitted_cutoff) else cfg.surround,
                   "exemplar_anchor": None if np.isnan(res.anchor) else round(res.anchor, 6),
                   "candidates": int(len(res.scores)),
                   "picks": int(len(scores)), "stride_px": res.score_map.stride_px,

@@ -486,6 +486,10 @@ def test_pick_records_the_fitted_cutoff_and_writes_surround_corrected_scores(ran
     np.testing.assert_allclose(plain[1][["x", "y"]], corrected[1][["x", "y"]])
     assert not np.allclose(plain[1]["score"], corrected[1]["score"])
     assert corrected[0]["picks"] == plain[0]["picks"] > 0
+    # the global quantile cuts the corrected scores after all micrographs, and says so
+    assert main(["pick", "--model", str(random_model), "--micrographs", str(mic), "--out",
+                 str(tmp_path / "q"), "--device", "cpu", "--threshold", "quantile"]) == 0
+    assert json.loads((tmp_path / "q" / "thresholds" / "m.json").read_text())["surround"] == 0.5
 
 
 def test_bf16_scores_match_fp32_to_a_few_thousandths(random_model):
