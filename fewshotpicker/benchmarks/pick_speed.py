@@ -91,6 +91,45 @@ def encoder_rate(encoder, bank: Bank, batch: int, device: torch.device,
     return batch / float(np.median(times))
 
 
+def random_bank(dim: int, size: int, device: torch.device) -> Bank:
+    """A bank of ``size`` random unit features of ``dim`` channels (speed does not depend
+    on what the exemplars look like)."""
+    return Bank(F.normalize(torch.randn(dim, size, device=device), dim=0),
+                torch.zeros(dim, device=device))
+
+
+def timed_pick(encoder, bank: Bank, image: np.ndarray, pre: Preprocess, cfg: PickConfig,
+               device: torch.device, batch: int, student) -> tuple:
+    """One ``pick_micrograph`` call on ``image`` (H, W): its wall seconds (the device
+    synchronised on both sides), windows scored by the encoder and candidates found."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    cands = pick_micrograph(encoder, bank, image, pre, cfg, device, batch, student)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    smap = cands.score_map
+    return (time.perf_counter() - start, int(round(smap.scores.size * smap.scored)),
+            len(cands.scores))
+
+
+def rate_figures(model, encoder, bank: Bank, batch: int, device: torch.device, windows: int,
+                 seconds: float) -> dict:
+    """Windows per second and TFLOP/s of the whole picking path, the encoder's own rate on
+    full batches, and both as fractions of the vendor's bf16 peak and of a bf16 matrix
+    product timed now (None where a figure does not exist, e.g. the peak of a CPU)."""
+    flops = encoder_flops_per_window(model)
+    tflops = windows * flops / seconds / 1e12
+    encoder_tflops = encoder_rate(encoder, bank, batch, device) * flops / 1e12
+    peak, ceiling = device_peak_tflops(device), matmul_ceiling_tflops(device)
+    return {"windows_per_s": windows / seconds, "tflops": tflops,
+            "peak_fraction": tflops / peak if peak else None,
+            "encoder_tflops": encoder_tflops,
+            "encoder_peak_fraction": encoder_tflops / peak if peak else None,
+            "matmul_tflops": ceiling,
+            "encoder_matmul_fraction": encoder_tflops / ceiling if ceiling else None}
+
+
 def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: float = 180.0,
                  stride: float = 0.0, device: str = "auto", batch: int = 0, repeats: int = 3,
                  compile: bool = False, bank_size: int = 60, coarse: int = 1,
@@ -114,8 +153,7 @@ def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: floa
     model = build_mae(model_size).to(dev)
     model = (resize_input(model, input_size) if input_size else model).eval()
     pre = Preprocess(box=box, img_size=model.cfg.img_size, film_edges=True)
-    bank = Bank(F.normalize(torch.randn(model.cfg.embed_dim, bank_size, device=dev), dim=0),
-                torch.zeros(model.cfg.embed_dim, device=dev))
+    bank = random_bank(model.cfg.embed_dim, bank_size, dev)
     image = np.random.default_rng(0).normal(size=size).astype(np.float32)
     stride = stride or default_stride(box)
     cfg = PickConfig(stride=stride, coarse=coarse, student=student, student_check=student_check)
@@ -123,42 +161,18 @@ def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: floa
     start = time.perf_counter()
     encoder = scoring_encoder(model, dev, cfg.precision, compile)
     compile_s = time.perf_counter() - start if compile else None
-
-    def once() -> tuple:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        start = time.perf_counter()
-        cands = pick_micrograph(encoder, bank, image, pre, cfg, dev, batch, net)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        smap = cands.score_map
-        return (time.perf_counter() - start, int(round(smap.scores.size * smap.scored)),
-                len(cands.scores))
-
-    once()  # warm-up: kernels, allocator, compilation
+    timed_pick(encoder, bank, image, pre, cfg, dev, batch, net)  # warm-up: kernels, allocator
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    runs = [once() for _ in range(repeats)]
-    seconds = float(np.median([r[0] for r in runs]))
-    windows = runs[0][1]
-    tflops = windows * encoder_flops_per_window(model) / seconds / 1e12
-    encoder_tflops = encoder_rate(encoder, bank, batch, dev) * encoder_flops_per_window(model) / 1e12
-    peak = device_peak_tflops(dev)
-    ceiling = matmul_ceiling_tflops(dev)
+    runs = [timed_pick(encoder, bank, image, pre, cfg, dev, batch, net) for _ in range(repeats)]
+    seconds, windows = float(np.median([r[0] for r in runs])), runs[0][1]
     return {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
             f"cpu ({torch.get_num_threads()} threads)",
             "model": model_size, "micrograph": f"{size[1]}x{size[0]}", "box": box,
             "stride": round(stride, 2), "input": model.cfg.img_size, "coarse": coarse,
             "student": student, "student_check": bool(student_check and not student),
-            "batch": batch,
-            "windows": windows,
-            "s_per_mic": seconds,
-            "windows_per_s": windows / seconds, "tflops": tflops,
-            "peak_fraction": tflops / peak if peak else None,
-            "encoder_tflops": encoder_tflops,
-            "encoder_peak_fraction": encoder_tflops / peak if peak else None,
-            "matmul_tflops": ceiling,
-            "encoder_matmul_fraction": encoder_tflops / ceiling if ceiling else None,
+            "batch": batch, "windows": windows, "s_per_mic": seconds,
+            **rate_figures(model, encoder, bank, batch, dev, windows, seconds),
             "compile_s": compile_s,
             "gpu_mb": torch.cuda.max_memory_allocated(dev) / 2 ** 20 if dev.type == "cuda"
             else None, "candidates": runs[0][2]}
