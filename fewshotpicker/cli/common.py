@@ -76,17 +76,27 @@ def write_summary(out: Path, summary: dict) -> Path:
 
 
 def expand_images(patterns: Sequence[str], what: str = "micrographs") -> List[Path]:
-    """Expand globs and folders into a sorted list of MRC files; refuse an empty result."""
+    """Expand globs and folders into a sorted list of MRC files, without repeats.
+
+    Every pattern must give something: a named file that does not exist, or a glob or
+    folder without a match, is refused with its name rather than left out (a typo in
+    one of many paths would otherwise drop that micrograph without a word)."""
     files: List[Path] = []
     for pattern in patterns:
-        path = Path(pattern)
+        path = Path(os.path.expanduser(pattern))
         if path.is_dir():
-            files += sorted(path.glob("*.mrc"))
+            matched = sorted(path.glob("*.mrc"))
+        elif path.exists():  # before globbing: a file may have [ or * in its name
+            matched = [path]
+        elif glob.has_magic(pattern):
+            matched = [Path(m) for m in sorted(glob.glob(os.path.expanduser(pattern)))]
         else:
-            matched = sorted(glob.glob(os.path.expanduser(pattern)))
-            files += [Path(m) for m in matched] if matched else ([path] if path.exists() else [])
+            raise InputError(f"{pattern}: file not found.")
+        if not matched:
+            raise InputError(f"No {what} found for {pattern}.")
+        files += matched
     if not files:
-        raise InputError(f"No {what} found for {' '.join(patterns)}.")
+        raise InputError(f"No {what} given.")
     return list(dict.fromkeys(files))
 
 

@@ -6,6 +6,7 @@ import pytest
 import starfile
 
 from fewshotpicker.cli.main import main
+from fewshotpicker.errors import InputError
 from fewshotpicker.io.coordinates import make_coordinates, write_coordinate_table
 from fewshotpicker.io.mrc import write_mrc
 
@@ -107,6 +108,14 @@ def test_bad_input_gives_one_sentence_and_exit_2(tmp_path, capsys):
                        "20", "--out", str(tmp_path / "p"))
     assert code == 2 and "bad.mrc" in err and len(err.strip().splitlines()) == 1
     write_mrc(tmp_path / "stack.mrc", np.ones((2, 32, 32)))
+    # one missing path among good ones is refused by name, not dropped
+    code, _, err = run(capsys, "dog", "--micrographs", str(tmp_path / "stack.mrc"),
+                       str(tmp_path / "typo.mrc"), "--diameter", "20", "--out", str(tmp_path / "p"))
+    assert code == 2
+    assert err.strip() == f"fewshotpicker dog: error: {tmp_path / 'typo.mrc'}: file not found."
+    code, _, err = run(capsys, "dog", "--micrographs", str(tmp_path / "stack.mrc"),
+                       str(tmp_path / "x_*.mrc"), "--diameter", "20", "--out", str(tmp_path / "p"))
+    assert code == 2 and f"No micrographs found for {tmp_path / 'x_*.mrc'}." in err
     code, _, err = run(capsys, "dog", "--micrographs", str(tmp_path / "stack.mrc"),
                        "--diameter", "20", "--out", str(tmp_path / "p"))
     assert code == 2 and "stack or volume" in err
@@ -200,3 +209,17 @@ def test_inspect_describes_a_checkpoint_and_refuses_other_files(tmp_path, capsys
     assert main(["inspect", "--model", str(tmp_path / "junk.pt")]) == 2
     err = capsys.readouterr().err.strip()
     assert "junk.pt: not a readable fewshotpicker checkpoint" in err and "\n" not in err
+
+
+def test_expand_images_takes_folders_globs_and_odd_names_once(tmp_path):
+    from fewshotpicker.cli.common import expand_images
+    for name in ("a.mrc", "b.mrc", "c[1].mrc"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("x")
+    got = expand_images([str(tmp_path), str(tmp_path / "a.mrc"), str(tmp_path / "c[1].mrc"),
+                         str(tmp_path / "?.mrc")])
+    assert [p.name for p in got] == ["a.mrc", "b.mrc", "c[1].mrc"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match=f"No tomograms found for {empty}"):
+        expand_images([str(tmp_path / "a.mrc"), str(empty)], "tomograms")
