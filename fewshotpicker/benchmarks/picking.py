@@ -152,27 +152,30 @@ def pick_dog(ds: Dataset, out: Path) -> dict:
 
 
 def pick_topaz(exe: Path, ds: Dataset, exemplars: pd.DataFrame, out: Path,
-               st: topaz_peer.TopazSettings) -> dict:
-    """Topaz trained on the same exemplars; its picks above score 0 (p = 0.5) are kept."""
+               st: topaz_peer.TopazSettings, run: int = 0) -> dict:
+    """Topaz trained on the same exemplars; its picks above score 0 (p = 0.5) are kept.
+    ``run`` > 0 trains another model beside the first (``train_run<run>``)."""
+    suffix = f"_run{run}" if run else ""
     scale = topaz_peer.topaz_scale(ds.box)
     pre = out.parent.parent / "topaz_preprocessed"
     topaz_peer.preprocess(exe, ds.train + ds.test, scale, pre)
     key = micrograph_key(ds.train[0])
     expected = float((ds.truth["micrograph"].map(micrograph_key) == key).sum())
     model, train_s = topaz_peer.train(exe, pre, ds.train, exemplars, expected, scale,
-                                      out / "train", st)
-    picks, _ = topaz_peer.extract(exe, model, pre, ds.test, ds.box, scale, out / "extract", st)
-    seconds, rss = _time_topaz_extract(exe, model, pre, ds, scale, out, st)
+                                      out / f"train{suffix}", st)
+    picks, _ = topaz_peer.extract(exe, model, pre, ds.test, ds.box, scale,
+                                  out / f"extract{suffix}", st)
+    seconds, rss = _time_topaz_extract(exe, model, pre, ds, scale, out, st, suffix)
     return {"kept": picks[picks["score"] > 0], "all": picks, "seconds": seconds,
             "peak_rss_mb": rss, "gpu_mb": None, "train_seconds": train_s,
             "device": "cpu" if st.device < 0 else f"cuda:{st.device}"}
 
 
 def _time_topaz_extract(exe: Path, model: Path, pre: Path, ds: Dataset, scale: int, out: Path,
-                        st: topaz_peer.TopazSettings) -> tuple:
+                        st: topaz_peer.TopazSettings, suffix: str = "") -> tuple:
     radius = max(1, int(round(ds.box / 2.0 / scale)))
     cmd = [str(exe), "extract", "-m", str(model), "-r", str(radius), "-x", str(scale),
-           "-d", str(st.device), "-o", str(out / "timed.txt")] + \
+           "-d", str(st.device), "-o", str(out / f"timed{suffix}.txt")] + \
         [str(pre / Path(m).name) for m in ds.test]
     return run_measured(cmd, out.parent / "commands.log")
 
@@ -211,6 +214,27 @@ def score_picker(res: dict, ds: Dataset) -> tuple:
     return row, h.get("curve")
 
 
+def mean_of_runs(rows: List[dict]) -> dict:
+    """One row from the rows of several runs of a picker on one draw: each figure that every
+    run has as a number is averaged, anything else is the first run's; with more than one
+    run, each run's F1 is kept under ``f1_runs``."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    row = {k: float(np.mean([r[k] for r in rows])) if all(number(r.get(k)) for r in rows)
+           else v for k, v in rows[0].items()}
+    if len(rows) > 1:
+        row["f1_runs"] = [r["f1"] for r in rows]
+    return row
+
+
+def score_runs(runs: List[dict], ds: Dataset) -> tuple:
+    """:func:`score_picker` over several runs of one picker: their mean row and the first
+    run's PR curve."""
+    scored = [score_picker(res, ds) for res in runs]
+    return mean_of_runs([row for row, _ in scored]), scored[0][1]
+
+
 def run_seed(ds: Dataset, seed: int, base: Path, pretrained: Path, st: BenchSettings,
              topaz_exe: Optional[Path]) -> List[dict]:
     """All pickers on one data set with the exemplars of one seed."""
@@ -233,10 +257,11 @@ def run_seed(ds: Dataset, seed: int, base: Path, pretrained: Path, st: BenchSett
             small, ds, out / "fewshot_small_input", st.device)
     results["DoG"] = pick_dog(ds, out / "dog")
     if topaz_exe is not None:
-        results["Topaz"] = pick_topaz(topaz_exe, ds, exemplars, out / "topaz", st.topaz)
+        results["Topaz"] = [pick_topaz(topaz_exe, ds, exemplars, out / "topaz", st.topaz, run)
+                            for run in range(st.topaz.runs)]
     rows, curves = [], {}
     for picker, res in results.items():
-        row, curves[picker] = score_picker(res, ds)
+        row, curves[picker] = score_runs(res if isinstance(res, list) else [res], ds)
         rows.append({"dataset": ds.name, "seed": seed, "picker": picker, **row})
     plot_precision_recall({p: {"IoU 0.6": c} for p, c in curves.items() if c},
                           out / "precision_recall.png")

@@ -83,6 +83,10 @@ def add_parser(sub) -> None:
     p.add_argument("--topaz-updates", type=int, default=500,
                    help="picking: Topaz training updates (its own default is 10000; from 15 "
                         "exemplars it ranks best at about 500 and worse with more)")
+    p.add_argument("--topaz-runs", type=int, default=1,
+                   help="picking: Topaz trainings per exemplar draw, their figures averaged "
+                        "(Topaz takes no training seed; its F1 at p > 0.5 moved by up to 0.20 "
+                        "between two runs of one draw)")
     p.add_argument("--size", default="4096x4096", help="pick-speed: micrograph WxH in px")
     p.add_argument("--box", type=float, default=180.0, help="pick-speed: box in px")
     p.add_argument("--stride", type=float, default=0.0,
@@ -156,11 +160,14 @@ def _print_rows(rows: list) -> None:
 def _bench_settings(args: argparse.Namespace):
     from ..benchmarks import picking, topaz_peer
     epochs = 5
+    if args.topaz_runs < 1:
+        raise InputError(f"--topaz-runs {args.topaz_runs}: must be 1 or more.")
     return picking.BenchSettings(
         device="cpu" if args.device == "auto" else args.device,
         model=args.model, train_steps=args.steps or 300,
         topaz=topaz_peer.TopazSettings(epochs=epochs,
-                                       epoch_size=max(1, args.topaz_updates // epochs)))
+                                       epoch_size=max(1, args.topaz_updates // epochs),
+                                       runs=args.topaz_runs))
 
 
 def _run_picking(args: argparse.Namespace, module) -> dict:

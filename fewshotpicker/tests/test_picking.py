@@ -746,6 +746,25 @@ def test_benchmark_summary_gives_mean_spread_device_and_windows_scored():
     assert row["windows_scored"] == pytest.approx(0.45)
 
 
+def test_topaz_runs_of_one_draw_are_averaged_and_their_f1_kept():
+    from fewshotpicker.benchmarks.picking import mean_of_runs
+    runs = [dict(precision=p, recall=0.9, f1=f, best_f1=0.9, ap=a, s_per_mic=s, gpu_mb=None,
+                 windows_scored=None, device="cpu", train_seconds=10.0)
+            for p, f, a, s in ((0.5, 0.64, 0.92, 1.0), (0.8, 0.85, 0.93, 3.0))]
+    row = mean_of_runs(runs)
+    assert row["precision"] == pytest.approx(0.65) and row["f1"] == pytest.approx(0.745)
+    assert row["ap"] == pytest.approx(0.925) and row["s_per_mic"] == pytest.approx(2.0)
+    assert row["gpu_mb"] is None and row["device"] == "cpu" and row["f1_runs"] == [0.64, 0.85]
+    assert mean_of_runs(runs[:1]) == runs[0]             # one run: its own row, unchanged
+
+
+def test_benchmark_refuses_fewer_than_one_topaz_run(capsys):
+    from fewshotpicker.cli.main import main
+    code = main(["benchmark", "picking", "--sets", "0", "--topaz-runs", "0", "--work", "w"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().endswith("--topaz-runs 0: must be 1 or more.")
+
+
 def test_score_map_centres_are_the_windows_grid_to_micrograph_places():
     smap = ScoreMap(np.zeros((3, 4)), step=6, offset=16.0, scale=0.5)
     ii, jj = np.indices((3, 4))
