@@ -172,8 +172,11 @@ def _bench_settings(args: argparse.Namespace):
 
 def _run_picking(args: argparse.Namespace, module) -> dict:
     sets = args.sets.split(",")
-    if module.__name__.endswith("pruning") and args.sets == "simulated,real":
-        sets = module.DEFAULT_SETS
+    if module.__name__.endswith("pruning"):
+        if args.topaz_runs != 1:
+            raise InputError("--topaz-runs: the pruning benchmark prunes one Topaz run's "
+                             "picks; give it to the picking benchmark only.")
+        sets = module.DEFAULT_SETS if args.sets == "simulated,real" else sets
     work = Path(args.work)
     result = module.run(work, sets, Path(args.real) if args.real else None,
                         numbers(args.seeds, "--seeds"), _bench_settings(args),

@@ -763,6 +763,8 @@ def test_benchmark_refuses_fewer_than_one_topaz_run(capsys):
     code = main(["benchmark", "picking", "--sets", "0", "--topaz-runs", "0", "--work", "w"])
     assert code == 2
     assert capsys.readouterr().err.strip().endswith("--topaz-runs 0: must be 1 or more.")
+    code = main(["benchmark", "pruning", "--topaz-runs", "3", "--work", "w"])
+    assert code == 2 and "pruning benchmark prunes one Topaz run" in capsys.readouterr().err
 
 
 def test_score_map_centres_are_the_windows_grid_to_micrograph_places():
