@@ -259,6 +259,8 @@ class PickConfig:
     surround: float = 0.5             # rank picks against their surround: each score (Fisher z) less this
                                       # times its surround's excess (mean score 0.75 box away, over the
                                       # micrograph's median); the cutoff's count is kept; 0 = off
+    max_overlap: float = 0.01         # an automatic cutoff rises until at most this share of the picks
+                                      # overlaps a higher candidate (centres < 0.75 box); 0 = off
     threshold: str = "auto"           # auto (anchored mixture) | gmm | otsu2 | density (CryoMAE) | quantile | number
     k: int = 10                       # neighbours of the density cutoff
     quantile: float = 0.9             # global quantile of candidate scores when threshold=quantile

@@ -23,7 +23,7 @@ FLAGS = {"model": "model", "stride": "stride", "coarse": "coarse", "student": "s
          "student_check": "student_check",
          "min_distance": "min_distance",
          "shoulder_reach": "shoulder_reach", "shoulder_dip": "shoulder_dip",
-         "max_contrast": "max_contrast", "surround": "surround",
+         "max_contrast": "max_contrast", "surround": "surround", "max_overlap": "max_overlap",
          "threshold": "threshold", "k": "k", "quantile": "quantile",
          "exclude_border": "exclude_border", "edge_windows": "edge_windows",
          "batch_size": "batch_size", "device": "device",
@@ -74,6 +74,12 @@ def add_parser(sub) -> None:
                         "a region that scores high all over ranks below one that stands out; "
                         "the cutoff still sets how many picks; the corrected score is the "
                         "figure of merit written out (default 0.5; 0 = off)")
+    p.add_argument("--max-overlap", type=float,
+                   help="an automatic cutoff rises until at most this share of a micrograph's "
+                        "picks (at least one) lies closer than 0.75 box to a higher candidate: "
+                        "two such picks cannot both be particles, and many of them mean the "
+                        "cut reaches into the background beside the particles (low SNR); "
+                        "default 0.01; 0 = off; a fixed threshold is never changed")
     p.add_argument("--threshold", help="auto (default: a mixture of 2 to 4 classes of each "
                                        "micrograph's scores, the particle class placed where "
                                        "the exemplars score each other), gmm (a 2- or "
@@ -138,6 +144,9 @@ def refuse_bad_settings(cfg: PickConfig) -> None:
     if not 0 <= cfg.surround <= 10:  # also refuses nan
         raise InputError(f"--surround {cfg.surround}: must be 0 (off) or a weight up to 10 "
                          f"(0.5 by default).")
+    if not 0 <= cfg.max_overlap <= 1:  # also refuses nan
+        raise InputError(f"--max-overlap {cfg.max_overlap}: must be 0 (off) or a share of the "
+                         f"picks up to 1 (0.01 by default).")
     if not cfg.exclude_border >= 0:  # also refuses nan
         raise InputError(f"--exclude-border {cfg.exclude_border}: must be 0 (no margin) or more "
                          f"pixels.")

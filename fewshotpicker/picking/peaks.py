@@ -130,3 +130,17 @@ def ring_mean(score: np.ndarray, positions: np.ndarray, radius: float,
     values = ndimage.map_coordinates(np.asarray(score, dtype=np.float64),
                                      [y.ravel(), x.ravel()], order=1, mode="nearest")
     return values.reshape(x.shape).mean(axis=1)
+
+
+def overlapping(positions: np.ndarray, values: np.ndarray, reach: float) -> np.ndarray:
+    """Mask ``(n,)`` of the peaks with a higher peak closer than ``reach`` (px): at most one
+    of two such peaks can be a particle, since their boxes would overlap.
+
+    positions: ``(n, 2)`` or ``(n, 3)`` px; values: ``(n,)``.
+    """
+    out = np.zeros(len(values), dtype=bool)
+    if reach <= 0 or len(values) < 2:
+        return out
+    for i, near in enumerate(cKDTree(positions).query_ball_point(positions, reach - 1e-9)):
+        out[i] = bool(np.any(values[near] > values[i]))
+    return out

@@ -198,6 +198,9 @@ def write_pick_outputs(results: Dict[str, object], cfg: PickConfig, out_dir: Pat
                   "student_cutoff": None if np.isnan(res.student_cutoff) else res.student_cutoff,
                   "fitted_cutoff": None if np.isnan(res.fitted_cutoff) else res.fitted_cutoff,
                   "surround": 0.0 if np.isnan(res.fitted_cutoff) else cfg.surround,
+                  "unchecked_cutoff": None if np.isnan(res.unchecked_cutoff)
+                  else res.unchecked_cutoff,
+                  "overlapping_picks": res.overlapping,
                   "exemplar_anchor": None if np.isnan(res.anchor) else round(res.anchor, 6),
                   "candidates": int(len(res.scores)),
                   "picks": int(len(scores)), "stride_px": res.score_map.stride_px,

@@ -220,3 +220,18 @@ def choose_cutoff(scores: np.ndarray, rule: Union[str, float], k: int = 10,
     if name == "density":
         return density_cutoff(scores, k)
     return float(np.quantile(scores, quantile)) if len(scores) else np.inf
+
+
+def overlap_checked_cutoff(scores: np.ndarray, overlapped: np.ndarray, cutoff: float,
+                           share: float) -> float:
+    """``cutoff`` raised until at most ``share`` of the picks (``scores > cutoff``, counted at
+    the given cutoff; at least one) overlap a higher candidate (``overlapped`` ``(n,)``, see
+    :func:`~fewshotpicker.picking.peaks.overlapping`). Two overlapping picks cannot both be
+    particles; many of them say the cut reaches into the background beside the particles.
+    scores: ``(n,)``; ``share`` 0 returns ``cutoff``."""
+    if share <= 0:
+        return cutoff
+    scores = np.asarray(scores, dtype=float)
+    allowed = max(1, int(share * np.sum(scores > cutoff)))
+    above = np.sort(scores[np.asarray(overlapped, bool) & (scores > cutoff)])[::-1]
+    return float(above[allowed]) if len(above) > allowed else cutoff

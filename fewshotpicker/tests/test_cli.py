@@ -138,6 +138,8 @@ def test_bad_input_gives_one_sentence_and_exit_2(tmp_path, capsys):
             (["--max-contrast", "nan"], "--max-contrast nan: must be 0 (off) or at least 1"),
             (["--surround", "-0.5"], "--surround -0.5: must be 0 (off) or a weight up to 10"),
             (["--surround", "nan"], "--surround nan: must be 0 (off) or a weight up to 10"),
+            (["--max-overlap", "2"], "--max-overlap 2.0: must be 0 (off) or a share of the"),
+            (["--max-overlap", "nan"], "--max-overlap nan: must be 0 (off) or a share of the"),
             (["--exclude-border", "-5"], "--exclude-border -5.0: must be 0 (no margin) or")):
         code, _, err = run(capsys, *pick, *flags)
         assert code == 2 and message in err, flags

@@ -4,8 +4,8 @@ import pytest
 
 from fewshotpicker.config import DogConfig
 from fewshotpicker.picking.dog import pick_dog
-from fewshotpicker.picking.peaks import (find_peaks, path_minimum, ring_mean, suppress_close,
-                                        suppress_shoulders)
+from fewshotpicker.picking.peaks import (find_peaks, overlapping, path_minimum, ring_mean,
+                                        suppress_close, suppress_shoulders)
 
 
 def gaussian_map(shape, centres, sigma=3.0, heights=None):
@@ -122,3 +122,16 @@ def test_ring_mean_is_the_mean_on_a_circle_around_each_point():
     assert ring_mean(bump, np.array([[40.0, 30.0]]), 6.0)[0] == \
         pytest.approx(np.exp(-0.5), abs=0.01)         # one sigma out
     assert ring_mean(bump, np.empty((0, 2)), 6.0).shape == (0,)
+
+
+def test_overlapping_marks_only_the_lower_of_two_close_peaks():
+    xy = np.array([[10.0, 10.0], [20.0, 10.0], [60.0, 10.0], [64.0, 40.0]])
+    values = np.array([0.9, 0.8, 0.7, 0.95])
+    # 10 px apart: the second overlaps the first; the third's nearest (31 px) is out of reach
+    np.testing.assert_array_equal(overlapping(xy, values, 15.0), [False, True, False, False])
+    # within 31 px the third lies under the fourth, higher one
+    np.testing.assert_array_equal(overlapping(xy, values, 31.0), [False, True, True, False])
+    assert not overlapping(xy, values, 10.0).any()    # exactly 10 px apart do not overlap
+    assert not overlapping(xy, values, 0.0).any()
+    # equal scores: neither is higher, neither is marked
+    assert not overlapping(xy[:2], np.array([0.5, 0.5]), 15.0).any()

@@ -15,8 +15,8 @@ from fewshotpicker.io.checkpoint import save_checkpoint
 from fewshotpicker.io.mrc import read_image, write_mrc
 from fewshotpicker.models.mae import build_mae
 from fewshotpicker.picking import run as pick_run
-from fewshotpicker.picking.picker import (Candidates, cutoff_keeping, default_stride,
-                                          find_candidates, rank_by_surround,
+from fewshotpicker.picking.picker import (Candidates, check_overlaps, cutoff_keeping,
+                                          default_stride, find_candidates, rank_by_surround,
                                           surround_corrected)
 from fewshotpicker.picking.plots import summarise_counts, unusual_counts
 from fewshotpicker.picking.scoring import (Bank, ScoreMap, edge_pad, fill_unscored,
@@ -24,7 +24,7 @@ from fewshotpicker.picking.scoring import (Bank, ScoreMap, edge_pad, fill_unscor
                                            score_micrograph, score_prepared, window_grid)
 from fewshotpicker.picking.threshold import (anchored_cutoff, choose_cutoff, density_cutoff,
                                              gmm_cutoff, otsu2_cutoff, otsu_threshold,
-                                             resolved_rule)
+                                             overlap_checked_cutoff, resolved_rule)
 from fewshotpicker.training.common import model_payload
 
 
@@ -165,6 +165,47 @@ def test_a_fixed_threshold_cuts_the_surround_corrected_scores():
     assert cands.cutoff == 0.982 and cands.fitted_cutoff == 0.97
     assert len(kept) == 1 and kept[0][0] == pytest.approx(12, abs=0.6)
     assert scores[0] > 0.98                           # its surround is below the median
+
+
+def test_overlap_check_raises_the_cut_past_all_but_the_allowed_overlapping_picks():
+    scores = np.linspace(0.99, 0.50, 200)              # 100 picks above 0.745
+    over = np.zeros(200, bool)
+    over[[5, 20, 40, 80, 150]] = True                 # four overlapping picks, one below the cut
+    # 1% of 100 picks: one may overlap; the cut rises to the second highest overlapping one
+    cut = overlap_checked_cutoff(scores, over, 0.745, 0.01)
+    assert cut == scores[20] and int((scores > cut).sum()) == 20
+    assert overlap_checked_cutoff(scores, over, 0.745, 0.03) == scores[80]  # three allowed
+    assert overlap_checked_cutoff(scores, over, 0.745, 0.05) == 0.745       # four, under five
+    assert overlap_checked_cutoff(scores, over, 0.745, 0.0) == 0.745        # off
+    # however few the picks (15 here), one overlapping pick is allowed, not two
+    assert overlap_checked_cutoff(scores[:15], over[:15], 0.9, 0.01) == 0.9
+    assert overlap_checked_cutoff(scores[:30], over[:30], 0.9, 0.01) == scores[20]
+
+
+def _touching_pairs(n_pairs: int, gap: float, box: float = 10.0) -> Candidates:
+    """Candidates: 40 lone peaks (scores 0.99-0.95) and ``n_pairs`` peaks ``gap`` box beside
+    one of them, scoring lower (0.949-0.9); box 10 px; cutoff 0.8 (all picked)."""
+    lone = np.stack([np.arange(40) * 30.0, np.zeros(40)], axis=1)
+    side = lone[:n_pairs] + [0.0, gap * box]
+    xy = np.concatenate([lone, side])
+    scores = np.concatenate([np.linspace(0.99, 0.95, 40), np.linspace(0.949, 0.9, n_pairs)])
+    return Candidates(xy, scores, score_map=None, cutoff=0.8, box=box)
+
+
+def test_check_overlaps_cuts_peaks_beside_picks_but_not_neighbours_a_box_apart():
+    cands = _touching_pairs(6, gap=0.6)
+    check_overlaps(cands, 0.01, "auto")
+    kept, _ = cands.kept()
+    # 6 of 46 picks overlap (0.6 box from a higher one); one may stay: the highest of them
+    assert len(kept) == 41 and cands.overlapping == 6 and cands.unchecked_cutoff == 0.8
+    neighbours = _touching_pairs(6, gap=1.0)         # particles side by side
+    check_overlaps(neighbours, 0.01, "auto")
+    assert len(neighbours.kept()[0]) == 46 and neighbours.overlapping == 0
+    # a fixed threshold or the global quantile is the user's; 0 turns the check off
+    for share, rule in ((0.01, "0.8"), (0.01, "quantile"), (0.0, "auto")):
+        same = _touching_pairs(6, gap=0.6)
+        check_overlaps(same, share, rule)
+        assert len(same.kept()[0]) == 46 and np.isnan(same.unchecked_cutoff)
 
 
 def test_density_cutoff_falls_between_particles_and_background():
@@ -475,7 +516,7 @@ def test_pick_records_the_fitted_cutoff_and_writes_surround_corrected_scores(ran
     for weight in ("0", "0.5"):
         assert main(["pick", "--model", str(random_model), "--micrographs", str(mic), "--out",
                      str(tmp_path / weight), "--device", "cpu", "--candidates",
-                     "--surround", weight, "--threshold", "gmm"]) == 0
+                     "--surround", weight, "--threshold", "gmm", "--max-overlap", "0"]) == 0
         record = json.loads((tmp_path / weight / "thresholds" / "m.json").read_text())
         out[weight] = (record, read_coordinates(tmp_path / weight / "candidates.star"))
     plain, corrected = out["0"], out["0.5"]
@@ -490,6 +531,36 @@ def test_pick_records_the_fitted_cutoff_and_writes_surround_corrected_scores(ran
     assert main(["pick", "--model", str(random_model), "--micrographs", str(mic), "--out",
                  str(tmp_path / "q"), "--device", "cpu", "--threshold", "quantile"]) == 0
     assert json.loads((tmp_path / "q" / "thresholds" / "m.json").read_text())["surround"] == 0.5
+
+
+def _picks_overlapping_a_higher_candidate(picks, cands, reach: float) -> int:
+    """How many of ``picks`` have a higher-scoring row of ``cands`` closer than ``reach`` px."""
+    p, c = picks[["x", "y"]].to_numpy(), cands[["x", "y"]].to_numpy()
+    near = np.linalg.norm(p[:, None] - c[None], axis=2) < reach
+    higher = cands["score"].to_numpy()[None] > picks["score"].to_numpy()[:, None]
+    return int((near & higher).any(axis=1).sum())
+
+
+def test_pick_raises_the_cutoff_over_overlapping_picks_and_records_it(random_model, tmp_path):
+    from fewshotpicker.io.coordinates import read_coordinates
+    mic = write_mrc(tmp_path / "m.mrc", np.random.default_rng(4).normal(size=(96, 120)))
+    runs = {}
+    for share in ("0", "0.01"):
+        assert main(["pick", "--model", str(random_model), "--micrographs", str(mic), "--out",
+                     str(tmp_path / share), "--device", "cpu", "--candidates",
+                     "--threshold", "gmm", "--max-overlap", share]) == 0
+        runs[share] = [json.loads((tmp_path / share / "thresholds" / "m.json").read_text()),
+                       read_coordinates(tmp_path / share / "m_autopick.star"),
+                       read_coordinates(tmp_path / share / "candidates.star")]
+    (off, off_picks, cands), (on, on_picks, _) = runs["0"], runs["0.01"]
+    assert off["unchecked_cutoff"] is None and off["overlapping_picks"] == 0
+    assert on["unchecked_cutoff"] == pytest.approx(off["cutoff"])
+    # a random model's peaks on noise overlap (box 24 px: closer than 18 px) ...
+    assert on["overlapping_picks"] == _picks_overlapping_a_higher_candidate(off_picks, cands,
+                                                                            18.0) > 1
+    # ... so the cut rises until one is left (1% of the picks, at least one)
+    assert on["cutoff"] > on["unchecked_cutoff"] and 0 < len(on_picks) < len(off_picks)
+    assert _picks_overlapping_a_higher_candidate(on_picks, cands, 18.0) == 1
 
 
 def test_bf16_scores_match_fp32_to_a_few_thousandths(random_model):

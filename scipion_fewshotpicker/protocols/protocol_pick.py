@@ -100,6 +100,15 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
                            "(in Fisher z): a peak that stands out from its background ranks "
                            "above one in a region that scores high all over. The corrected "
                            "score is the figure of merit written out. 0 = off.")
+        form.addParam("maxOverlap", params.FloatParam, default=0.01,
+                      condition="thresholdMode != 3", validators=[params.Range(0, 1)],
+                      expertLevel=params.LEVEL_ADVANCED, label="Max. share of overlapping picks",
+                      help="Two picks whose centres lie closer than 0.75 box cannot both be "
+                           "particles. When more than this share of a micrograph's picks (at "
+                           "least one) overlaps a higher candidate, the automatic cutoff rises "
+                           "until no more do: at low SNR the fitted cut can reach into the "
+                           "background just beside the particles, and those overlapping peaks "
+                           "are its trace. A fixed threshold is never changed. 0 = off.")
         form.addParam("edgeWindows", params.BooleanParam, default=False,
                       expertLevel=params.LEVEL_ADVANCED, label="Pick up to the edges?",
                       help="Yes: the micrograph is extended by reflection, as training extends "
@@ -181,6 +190,7 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
                 "shoulder_reach": self.shoulderReach.get(),
                 "max_contrast": self.maxContrast.get(),
                 "surround": self.surround.get(),
+                "max_overlap": self.maxOverlap.get(),
                 "edge_windows": self.edgeWindows.get(),
                 "exclude_border": self.excludeBorder.get(),
                 "threshold": str(self.threshold.get()) if mode == "fixed" else mode,
