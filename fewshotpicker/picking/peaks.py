@@ -141,6 +141,8 @@ def overlapping(positions: np.ndarray, values: np.ndarray, reach: float) -> np.n
     out = np.zeros(len(values), dtype=bool)
     if reach <= 0 or len(values) < 2:
         return out
-    for i, near in enumerate(cKDTree(positions).query_ball_point(positions, reach - 1e-9)):
-        out[i] = bool(np.any(values[near] > values[i]))
+    pairs = cKDTree(positions).query_pairs(reach - 1e-9, output_type="ndarray")   # (m, 2)
+    a, b = values[pairs[:, 0]], values[pairs[:, 1]]
+    out[pairs[:, 0][a < b]] = True
+    out[pairs[:, 1][b < a]] = True
     return out
