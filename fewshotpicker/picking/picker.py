@@ -30,7 +30,7 @@ Last, an automatic cutoff is checked against overlapping picks (``--max-overlap`
 :func:`check_overlaps`): two picks closer than 0.75 box cannot both be particles,
 and at low SNR a cut that reaches into the background just beside the particles
 keeps many such pairs. When more than 1% of the picks (at least one) overlap a
-higher candidate, the cutoff rises until no more do.
+higher candidate, the cutoff rises until no more than that do.
 """
 from __future__ import annotations
 

@@ -170,7 +170,7 @@ def test_a_fixed_threshold_cuts_the_surround_corrected_scores():
 def test_overlap_check_raises_the_cut_past_all_but_the_allowed_overlapping_picks():
     scores = np.linspace(0.99, 0.50, 200)              # 100 picks above 0.745
     over = np.zeros(200, bool)
-    over[[5, 20, 40, 80, 150]] = True                 # four overlapping picks, one below the cut
+    over[[5, 20, 40, 80, 150]] = True                 # four overlapping picks above the cut
     # 1% of 100 picks: one may overlap; the cut rises to the second highest overlapping one
     cut = overlap_checked_cutoff(scores, over, 0.745, 0.01)
     assert cut == scores[20] and int((scores > cut).sum()) == 20

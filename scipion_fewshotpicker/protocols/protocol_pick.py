@@ -106,9 +106,10 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
                       help="Two picks whose centres lie closer than 0.75 box cannot both be "
                            "particles. When more than this share of a micrograph's picks (at "
                            "least one) overlaps a higher candidate, the automatic cutoff rises "
-                           "until no more do: at low SNR the fitted cut can reach into the "
-                           "background just beside the particles, and those overlapping peaks "
-                           "are its trace. A fixed threshold is never changed. 0 = off.")
+                           "until no more than that do: at low SNR the fitted cut can reach "
+                           "into the background just beside the particles, and those "
+                           "overlapping peaks are its trace. A fixed threshold is never "
+                           "changed. 0 = off.")
         form.addParam("edgeWindows", params.BooleanParam, default=False,
                       expertLevel=params.LEVEL_ADVANCED, label="Pick up to the edges?",
                       help="Yes: the micrograph is extended by reflection, as training extends "
