@@ -4,12 +4,12 @@
 #      every window, --coarse 2, the student cascade, every window with the cascade checking the
 #      cutoff (pick's default for a trained model), and model input 160, each compiled;
 #   2. the main job (demo) on the GPU: pretraining, fine-tuning, distillation and both picking
-#      paths, with its scores beside the CPU's in README "On a GPU".
+#      paths, with its scores beside the CPU's in docs/benchmarks.md "On a GPU".
 # Five files go to $OUT (default gpu_check_out/): device.txt, pick_speed.log/.json, demo.log
 # and demo_report.md (the demo's own folder stays in /tmp: a device run brings back few files).
 # Needs python3 with torch (CUDA), timm, numpy, scipy, pandas, scikit-learn, matplotlib and
 # tqdm; mrcfile and starfile too, installed or carried as wheels in .whl/ (a device machine has
-# no network; see README "On a GPU").
+# no network; see docs/benchmarks.md "On a GPU").
 # GPU_CHECK_DEVICE, GPU_CHECK_MODEL and GPU_CHECK_SIZE override cuda, base and 4096x4096, and
 # GPU_CHECK_DEMO=0 leaves the main job out (a dry run on a CPU: GPU_CHECK_DEVICE=cpu
 # GPU_CHECK_MODEL=micro GPU_CHECK_SIZE=512x512 GPU_CHECK_DEMO=0).

@@ -79,7 +79,7 @@ def add_parser(sub) -> None:
                         "use (e.g. benchmark_work/topaz-venv); empty = leave Topaz out; "
                         "pick-speed: also time our pick command beside Topaz's extract")
     # 500: Topaz's best ranking from 15 exemplars on the default simulated set among 250, 500,
-    # 1000 and 2000 updates (AP 0.905, 0.944-0.948, 0.883, 0.812; README "How long Topaz trains")
+    # 1000 and 2000 updates (AP 0.905, 0.944-0.948, 0.883, 0.812; docs/benchmarks.md "How long Topaz trains")
     p.add_argument("--topaz-updates", type=int, default=500,
                    help="picking: Topaz training updates (its own default is 10000; from 15 "
                         "exemplars it ranks best at about 500 and worse with more)")

@@ -21,7 +21,7 @@ log = logging.getLogger("fewshotpicker")
 # below this many steps the tiny encoder may be weak: on EMPIAR-10028, 400 steps gave F1
 # 0.72-0.83 depending on the exemplars drawn, 3200 steps 0.84-0.85 (1280 sufficed on
 # simulated sets; 4x longer there and 2x on EMPIAR-10028 moved F1 by +0.010 and +0.005 and
-# AP by -0.007 and -0.025: README, session 24)
+# AP by -0.007 and -0.025: docs/design-notes.md, session 24)
 ENOUGH_STEPS = 1000
 
 

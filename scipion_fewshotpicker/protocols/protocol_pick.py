@@ -57,7 +57,7 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
                            "micrographs. student cascade: the student trained with the model "
                            "scores the whole micrograph in one pass and the model re-scores the "
                            "best 40% of its peaks: about 2% of the windows, F1 within 0.02 on "
-                           "the benchmark (README); needs a model trained with student steps.")
+                           "the benchmark (docs/benchmarks.md); needs a model trained with student steps.")
         form.addParam("studentShare", params.FloatParam, default=0.4,
                       condition="scoring == 2", expertLevel=params.LEVEL_ADVANCED,
                       validators=[params.Range(0.01, 1.0)], label="Share re-scored",
