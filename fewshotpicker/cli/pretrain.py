@@ -2,17 +2,22 @@
 
 Any number of micrograph sets (globs or folders); no labels, no download. An
 interrupted run continues from its last checkpoint when run again with the
-same output folder.
+same output folder. Several GPUs share one run when torchrun starts it:
+``torchrun --nproc-per-node 4 -m fewshotpicker pretrain ...`` (each process
+computes a quarter of every batch; the steps are those of one process).
 """
 from __future__ import annotations
 
 import argparse
+import logging
+from pathlib import Path
 
 from ..config import PretrainConfig
 from ..models.mae import MODEL_SIZES
+from ..training.distributed import launch_from_environment
 from ..training.pretrain import pretrain
-from .common import (add_training_arguments, expand_images, log, progress, start_run,
-                     write_summary)
+from .common import (add_training_arguments, build_config, expand_images, log, progress,
+                     start_run, write_summary)
 
 FLAGS = {"model": "model", "box": "box", "regions": "regions_per_micrograph",
          "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "mask_ratio": "mask_ratio",
@@ -41,8 +46,13 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     mics = expand_images(args.micrographs)
+    launch = launch_from_environment()
+    if not launch.main:  # rank 0 of a torchrun launch records, reports and writes
+        log.setLevel(logging.ERROR)  # its warnings would repeat rank 0's
+        pretrain(build_config(PretrainConfig, args, FLAGS), mics, Path(args.out), None, launch)
+        return 0
     cfg, out = start_run("pretrain", PretrainConfig, args, FLAGS)
-    summary = pretrain(cfg, mics, out, progress)
+    summary = pretrain(cfg, mics, out, progress, launch)
     write_summary(out, summary)
     log.info("pretrained for %d steps on %d regions (final loss %.4f)%s; model %s",
              summary["steps"], summary["regions"], summary["final_loss"],

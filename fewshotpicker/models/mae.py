@@ -140,16 +140,21 @@ class MaskedAutoencoder(nn.Module):
         return x.reshape(x.shape[0], 1, g * p, g * p)
 
     def random_masking(self, x: torch.Tensor, mask_ratio: float,
-                       generator: Optional[torch.Generator] = None) -> tuple:
+                       generator: Optional[torch.Generator] = None,
+                       noise: Optional[torch.Tensor] = None) -> tuple:
         """Keep a random ``1 - mask_ratio`` of the tokens of each sample.
 
-        x: ``(b, L, d)``. Returns ``(kept (b, L_keep, d), mask (b, L) with 1 =
-        removed, ids_restore (b, L))``, with ``L_keep = int(L * (1 - mask_ratio))``.
+        x: ``(b, L, d)``; ``noise``: optional ``(b, L)`` uniform draws (the tokens with the
+        lowest are kept), else drawn from ``generator``. Returns ``(kept (b, L_keep, d),
+        mask (b, L) with 1 = removed, ids_restore (b, L))``, ``L_keep = int(L * (1 -
+        mask_ratio))``.
         """
         b, n, d = x.shape
         keep = int(n * (1 - mask_ratio))
-        where = generator.device if generator is not None else x.device
-        noise = torch.rand(b, n, generator=generator, device=where).to(x.device)
+        if noise is None:
+            where = generator.device if generator is not None else x.device
+            noise = torch.rand(b, n, generator=generator, device=where)
+        noise = noise.to(x.device)
         ids_shuffle = torch.argsort(noise, dim=1)
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         ids_keep = ids_shuffle[:, :keep]
@@ -171,9 +176,11 @@ class MaskedAutoencoder(nn.Module):
         return self.norm(x) if blocks is None else x
 
     def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float,
-                        generator: Optional[torch.Generator] = None) -> tuple:
+                        generator: Optional[torch.Generator] = None,
+                        noise: Optional[torch.Tensor] = None) -> tuple:
         """Encode the visible patches; returns ``(latent (b, 1+L_keep, d), mask, ids_restore)``."""
-        kept, mask, ids_restore = self.random_masking(self._tokens(imgs), mask_ratio, generator)
+        kept, mask, ids_restore = self.random_masking(self._tokens(imgs), mask_ratio, generator,
+                                                      noise)
         return self._encode(kept), mask, ids_restore
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
@@ -197,9 +204,11 @@ class MaskedAutoencoder(nn.Module):
         return self.pool(self._encode(self._tokens(imgs)))
 
     def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75,
-                generator: Optional[torch.Generator] = None) -> tuple:
-        """Returns ``(pred (b, L, p*p), mask (b, L), latent (b, 1+L_keep, d))``."""
-        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, generator)
+                generator: Optional[torch.Generator] = None,
+                noise: Optional[torch.Tensor] = None) -> tuple:
+        """Returns ``(pred (b, L, p*p), mask (b, L), latent (b, 1+L_keep, d))``; ``noise``
+        as in :meth:`random_masking`."""
+        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, generator, noise)
         return self.forward_decoder(latent, ids_restore), mask, latent
 
     def target(self, imgs: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,7 @@ import torch
 from ..errors import InputError
 from ..io.atomic import write_text_atomic
 from ..io.checkpoint import RESUME_FILE, load_checkpoint, save_checkpoint
+from .distributed import Launch, any_rank, summed
 from .plots import plot_losses
 
 log = logging.getLogger("fewshotpicker")
@@ -156,11 +157,14 @@ def _save(out_dir: Path, model, opt, step: int, history: List[dict], config: dic
 
 def train(model: torch.nn.Module, step_fn: StepFn, settings: LoopSettings, out_dir: Path,
           config: dict, title: str = "training",
-          progress: Optional[Callable] = None) -> List[dict]:
+          progress: Optional[Callable] = None, launch: Launch = Launch()) -> List[dict]:
     """Run ``settings.steps`` optimisation steps (resuming if a checkpoint is there).
 
     Returns the loss history: one dict per step with ``step``, ``lr``, ``loss``
-    and the runner's metrics.
+    and the runner's metrics. With several processes (``launch``, see
+    :mod:`.distributed`) ``step_fn`` returns this rank's weighted loss, the history holds
+    their sum over the ranks divided by their number (the whole batch's loss), all ranks
+    stop at the same step, and rank 0 alone writes the checkpoints.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
@@ -172,19 +176,22 @@ def train(model: torch.nn.Module, step_fn: StepFn, settings: LoopSettings, out_d
             for group in opt.param_groups:
                 group["lr"] = lr
             loss, metrics = step_fn(step)
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"training diverged at step {step} (loss {loss.item()}); "
+            whole = summed(loss.detach(), launch) / launch.world
+            if not torch.isfinite(whole):
+                raise RuntimeError(f"training diverged at step {step} (loss {whole.item()}); "
                                    f"lower the learning rate.")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            history.append({"step": step, "lr": lr, "loss": float(loss.detach()), **metrics})
-            if stop.requested:
-                _save(out_dir, model, opt, step + 1, history, config, title)
-                log.warning("stopped: saved the state after %d steps; run the same command "
-                            "again to continue.", step + 1)
+            history.append({"step": step, "lr": lr, "loss": float(whole), **metrics})
+            if any_rank(stop.requested, launch, whole.device):
+                if launch.main:
+                    _save(out_dir, model, opt, step + 1, history, config, title)
+                    log.warning("stopped: saved the state after %d steps; run the same "
+                                "command again to continue.", step + 1)
                 raise KeyboardInterrupt
-            if (step + 1) % settings.checkpoint_every == 0:
+            if (step + 1) % settings.checkpoint_every == 0 and launch.main:
                 _save(out_dir, model, opt, step + 1, history, config, title)
-    _save(out_dir, model, opt, settings.steps, history, config, title)
+    if launch.main:
+        _save(out_dir, model, opt, settings.steps, history, config, title)
     return history

@@ -7,14 +7,16 @@ from typing import Callable, List, Optional
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from ..config import PretrainConfig, to_dict
 from ..data.regions import Preprocess
-from ..device import autocast, resolve_device
+from ..device import autocast
 from ..io.checkpoint import MODEL_FILE, save_checkpoint
 from ..losses import masked_mse
 from ..models.mae import build_mae
 from .common import augment, epoch_batches, loop_settings, model_payload, region_bank
+from .distributed import Launch, finish, shard_rows, shared_bank, start
 from .loop import inputs_fingerprint, step_generator, train
 
 log = logging.getLogger("fewshotpicker")
@@ -35,49 +37,75 @@ def warn_if_short(steps: int, regions: int, cfg: PretrainConfig) -> None:
 
 
 def pretrain_step_fn(model, bank: torch.Tensor, cfg: PretrainConfig, device: torch.device,
-                     forward: Callable) -> Callable:
-    """``step -> (loss, metrics)``: one batch of the epoch's permutation, augmented, masked."""
+                     forward: Callable, launch: Launch = Launch()) -> Callable:
+    """``step -> (loss, metrics)``: one batch of the epoch's permutation, augmented, masked.
+
+    The batch, its augmentation and its masking noise depend only on ``(seed, step)``;
+    with several processes each computes its rows of that batch (:func:`shard_rows`).
+    """
     per_epoch = epoch_batches(len(bank), cfg.batch_size)
 
     def step_fn(step: int):
         epoch, i = divmod(step, per_epoch)
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(bank))
         idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+        rows, weight = shard_rows(len(idx), launch)
         x = augment(bank[torch.as_tensor(idx)].to(device), np.random.default_rng([cfg.seed,
                                                                                  step, 1]))
+        gen = step_generator(cfg.seed, step, device)
+        noise = torch.rand(len(idx), model.num_patches, generator=gen, device=gen.device)
+        x = x[rows]
         with autocast(device):
-            pred, mask, _ = forward(x, cfg.mask_ratio, step_generator(cfg.seed, step, device))
+            pred, mask, _ = forward(x, cfg.mask_ratio, noise=noise[rows])
             loss = masked_mse(pred, model.target(x), mask)
-        return loss, {}
+        return loss * weight, {}
 
     return step_fn
 
 
+def distributed_forward(model, device: torch.device, launch: Launch) -> torch.nn.Module:
+    """The model wrapped for gradient exchange between processes (itself with one)."""
+    if not launch.active:
+        return model
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
+                                   else None)
+
+
 def pretrain(cfg: PretrainConfig, micrographs: List[Path], out_dir: Path,
-             progress: Optional[Callable] = None) -> dict:
-    """Pretrain an MAE; writes ``model.pt``, ``checkpoint.pt``, ``losses.json/png``."""
+             progress: Optional[Callable] = None, launch: Launch = Launch()) -> dict:
+    """Pretrain an MAE; writes ``model.pt``, ``checkpoint.pt``, ``losses.json/png``.
+
+    ``launch``: this process's place among several started by torchrun
+    (:mod:`.distributed`); rank 0 writes every file, and passes ``progress``.
+    """
     out_dir, micrographs = Path(out_dir), [Path(m) for m in micrographs]
-    device = resolve_device(cfg.device)
+    device = start(launch, cfg.device)
     torch.manual_seed(cfg.seed)
     model = build_mae(cfg.model).to(device)
     pre = Preprocess(box=cfg.box or model.cfg.img_size, img_size=model.cfg.img_size,
                      highpass=cfg.highpass, lowpass=cfg.lowpass,
                      film_edges=cfg.film_edges)
     log.info("pretraining a %s MAE on %d micrographs (%d regions each, box %.0f px -> %d px) "
-             "on %s", cfg.model, len(micrographs), cfg.regions_per_micrograph, pre.box,
-             pre.img_size, device)
-    bank, skipped = region_bank(micrographs, pre, cfg.regions_per_micrograph, cfg.seed, device,
-                                (lambda it: progress(it, desc="regions")) if progress else None)
+             "on %s%s", cfg.model, len(micrographs), cfg.regions_per_micrograph, pre.box,
+             pre.img_size, device, f", {launch.world} processes" if launch.active else "")
+    bank, skipped = shared_bank(
+        lambda: region_bank(micrographs, pre, cfg.regions_per_micrograph, cfg.seed, device,
+                            (lambda it: progress(it, desc="regions")) if progress else None),
+        out_dir / "regions.npy", launch)
     bank = bank.to(device)
-    forward = torch.compile(model) if cfg.compile else model
+    forward = distributed_forward(model, device, launch)
+    forward = torch.compile(forward) if cfg.compile else forward
     steps = cfg.epochs * epoch_batches(len(bank), cfg.batch_size)
     warn_if_short(steps, len(bank), cfg)
-    history = train(model, pretrain_step_fn(model, bank, cfg, device, forward),
+    history = train(model, pretrain_step_fn(model, bank, cfg, device, forward, launch),
                     loop_settings(cfg, steps), out_dir,
                     {**to_dict(cfg), "inputs": inputs_fingerprint(m.stem for m in micrographs)},
                     "MAE pretraining",
                     (lambda it, total: progress(it, desc="pretrain", total=total))
-                    if progress else None)
-    save_checkpoint(out_dir / MODEL_FILE, model_payload(model, "pretrained", pre, to_dict(cfg)))
+                    if progress else None, launch)
+    if launch.main:
+        save_checkpoint(out_dir / MODEL_FILE, model_payload(model, "pretrained", pre,
+                                                            to_dict(cfg)))
+    finish(launch)
     return {"steps": steps, "regions": int(len(bank)), "final_loss": history[-1]["loss"],
-            "device": str(device), "skipped": skipped}
+            "device": str(device), "processes": launch.world, "skipped": skipped}
