@@ -35,39 +35,51 @@ class Plugin(pwem.Plugin):
         return (cls.getVar(FEWSHOTPICKER_ENV_ACTIVATION) or "").strip()
 
     @classmethod
-    def getEngineProgram(cls):
+    def getEngineProgram(cls, processes=1):
         """The engine command line prefix: activation + ``fewshotpicker``.
 
         With no activation, the console script beside this interpreter is used,
-        so the engine runs in the same environment as Scipion.
+        so the engine runs in the same environment as Scipion. With ``processes`` > 1
+        the command is started that many times by ``torchrun`` on this node (one
+        process per GPU; the engine's pretraining splits each batch among them).
         """
         activation = cls.getActivation()
+        if processes > 1:
+            options = f"--standalone --nproc-per-node {int(processes)} -m fewshotpicker"
+            if activation:
+                return f"{activation} && torchrun {options}"
+            return f"{shlex.quote(sys.executable)} -m torch.distributed.run {options}"
         if activation:
             return f"{activation} && {ENGINE_PROGRAM}"
         local = os.path.join(os.path.dirname(sys.executable), ENGINE_PROGRAM)
         return local if os.path.exists(local) else f"{shlex.quote(sys.executable)} -m fewshotpicker"
 
     @classmethod
-    def getEnviron(cls):
+    def getEnviron(cls, gpus=None):
         """Environment for the engine: Scipion's, without its PYTHONPATH when another
-        environment is activated (it would shadow that environment's packages)."""
+        environment is activated (it would shadow that environment's packages); with
+        ``gpus`` (ids), only those GPUs visible, so that process ``i`` of a torchrun
+        launch takes the ``i``-th of them."""
         environ = pwutils.Environ(os.environ)
         if cls.getActivation() and "PYTHONPATH" in environ:
             del environ["PYTHONPATH"]
         environ.setdefault("FEWSHOTPICKER_NO_PROGRESS", "1")
+        if gpus:
+            environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
         return environ
 
     @classmethod
-    def runEngine(cls, protocol, command, configPath, extraArgs="", cwd=None):
+    def runEngine(cls, protocol, command, configPath, extraArgs="", cwd=None, gpus=None):
         """Run ``fewshotpicker <command> [--config <configPath>] [extraArgs]`` as a protocol job.
 
-        The engine's stdout/stderr go to the protocol's logs; a non-zero exit
-        fails the step with the engine's one-sentence error in the log.
+        ``gpus``: for pretraining on several GPUs, their ids; the command then runs once
+        per GPU under torchrun. The engine's stdout/stderr go to the protocol's logs; a
+        non-zero exit fails the step with the engine's one-sentence error in the log.
         """
         config = f"--config {shlex.quote(str(configPath))} " if configPath else ""
         args = f"{command} {config}{extraArgs}".strip()
-        protocol.runJob(cls.getEngineProgram(), args, env=cls.getEnviron(), cwd=cwd,
-                        numberOfMpi=1, numberOfThreads=1)
+        protocol.runJob(cls.getEngineProgram(len(gpus or [])), args,
+                        env=cls.getEnviron(gpus), cwd=cwd, numberOfMpi=1, numberOfThreads=1)
 
     @classmethod
     def defineBinaries(cls, env):

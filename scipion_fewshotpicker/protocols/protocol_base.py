@@ -74,7 +74,9 @@ class FewShotProtBase:
         form.addHidden(params.GPU_LIST, params.StringParam, default="0",
                        label="GPU IDs",
                        help="GPUs to use, e.g. '0' or '0 1'. Picking shares the micrographs "
-                            "among all of them; training uses the first.")
+                            "among all of them; pretraining splits every batch among them "
+                            "(one process per GPU, started by torchrun); fine-tuning uses "
+                            "the first.")
 
     def getDeviceSpec(self, single=False):
         """The engine's --device value: 'cpu', or GPU ids such as '0,1'."""
@@ -82,6 +84,11 @@ class FewShotProtBase:
             return "cpu"
         gpus = [str(g) for g in self.getGpuList()] or ["0"]
         return gpus[0] if single else ",".join(gpus)
+
+    def trainingGpus(self):
+        """The GPU ids a multi-GPU pretraining runs on (none: one process)."""
+        gpus = [str(g) for g in self.getGpuList()] if self.useGpu.get() else []
+        return gpus if len(gpus) > 1 else []
 
     def validateDevice(self):
         """Errors about the device: GPUs asked for on a machine without any (unless the
@@ -104,8 +111,8 @@ class FewShotProtBase:
         os.replace(tmp, path)
         return path
 
-    def runEngine(self, command, configPath, extraArgs=""):
-        Plugin.runEngine(self, command, configPath, extraArgs)
+    def runEngine(self, command, configPath, extraArgs="", gpus=None):
+        Plugin.runEngine(self, command, configPath, extraArgs, gpus=gpus)
 
     @staticmethod
     def quote(paths):

@@ -60,14 +60,16 @@ class FewShotProtPretrain(EMProtocol, FewShotProtBase):
         linkMicrographs(self._allMicrographs(), self._micFolder())
 
     def pretrainStep(self):
+        gpus = self.trainingGpus()  # several: one process per GPU, each batch split among them
         config = self.writeEngineConfig("pretrain", {
             "model": MODEL_SIZES[self.modelSize.get()], "box": float(self.boxSize.get()),
             "epochs": self.epochs.get(), "regions_per_micrograph": self.regionsPerMicrograph.get(),
-            "batch_size": self.batchSize.get(), "device": self.getDeviceSpec(single=True),
-            "seed": self.seed.get()})
+            "batch_size": self.batchSize.get(), "seed": self.seed.get(),
+            "device": "cuda" if gpus else self.getDeviceSpec(single=True)})
         # a rerun (continue) resumes from the engine's last checkpoint
         self.runEngine("pretrain", config, f"--micrographs {self.quote([self._micFolder()])} "
-                                           f"--out {self.quote([self._modelFolder()])}")
+                                           f"--out {self.quote([self._modelFolder()])}",
+                       gpus=gpus)
 
     def createOutputStep(self):
         first = self.inputMicrographs[0].get()

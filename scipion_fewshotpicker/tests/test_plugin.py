@@ -126,3 +126,32 @@ def test_pick_counts_name_the_unusual_micrographs_and_draw_the_summary(tmp_path)
     assert summarisePickCounts(counts, str(png), failed=1) == ["exp_5.mrc", "mic_000007"]
     assert png.stat().st_size > 1000
     assert summarisePickCounts(dict(list(counts.items())[:4]), str(png)) == []  # too few
+
+
+def test_pretraining_on_several_gpus_runs_the_engine_once_per_gpu_under_torchrun(tmp_path):
+    import subprocess
+    from fewshotpicker.config import MicrographSimConfig
+    from fewshotpicker.data.synthetic import simulate_dataset
+    from scipion_fewshotpicker import Plugin
+    from scipion_fewshotpicker.protocols import FewShotProtPretrain
+    program = Plugin.getEngineProgram(2)
+    assert program.endswith("-m torch.distributed.run --standalone --nproc-per-node 2 "
+                            "-m fewshotpicker")
+    assert Plugin.getEnviron(["1", "3"])["CUDA_VISIBLE_DEVICES"] == "1,3"
+    prot = FewShotProtPretrain()
+    prot.gpuList.set("0 2")
+    assert prot.trainingGpus() == ["0", "2"]
+    prot.gpuList.set("1")
+    assert prot.trainingGpus() == []  # one GPU: one process, as before
+    prot.gpuList.set("0 2")
+    prot.useGpu.set(False)
+    assert prot.trainingGpus() == []
+    # the command line the protocol runs works as given (on the CPU here: gloo)
+    simulate_dataset(MicrographSimConfig(n_micrographs=1, shape=(128, 128), seed=1), tmp_path)
+    args = (f"pretrain --micrographs {tmp_path / 'micrographs'} --out {tmp_path / 'pre'} "
+            f"--model micro --box 40 --regions 8 --epochs 1 --batch-size 4 --device cpu")
+    run = subprocess.run(f"{program} {args}", shell=True, capture_output=True, text=True,
+                         env={**Plugin.getEnviron(), "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "2 processes" in run.stderr
+    assert (tmp_path / "pre" / "model.pt").exists()
