@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 from .. import __version__
 from ..errors import InputError
+from ..training.distributed import launch_from_environment
 from . import (benchmark, demo, dog, evaluate, inspect_model, pick, pick3d, pretrain, prune,
                simulate, train)
 from .common import setup_logging
@@ -31,11 +32,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def refuse_several_processes(command: str) -> None:
+    """Only ``pretrain`` splits its work among processes started by torchrun; any other
+    command would run whole in each of them."""
+    launch = launch_from_environment()
+    if launch.active and command != "pretrain":
+        raise InputError(f"{command} runs in one process (pick shares micrographs among "
+                         f"GPUs with --device 0,1,...); start it without torchrun "
+                         f"({launch.world} processes were started).")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run one command; returns the exit code (0 ok, 2 bad input)."""
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     try:
+        refuse_several_processes(args.command)
         return int(args.func(args) or 0)
     except InputError as exc:
         print(f"fewshotpicker {args.command}: error: {exc}", file=sys.stderr)

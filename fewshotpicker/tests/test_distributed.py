@@ -81,3 +81,12 @@ def test_two_processes_take_the_steps_one_process_takes(small_dataset, tmp_path)
     assert summary["processes"] == 2 and summary["steps"] == 10
     assert not (tmp_path / "two" / "regions.npy").exists()
     assert run.stderr.count("pretrained for 10 steps") == 1  # rank 0 alone reports
+
+
+def test_commands_other_than_pretrain_refuse_a_torchrun_launch(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "localhost")
+    assert main(["simulate", "--out", str(tmp_path / "sim"), "--n", "1"]) == 2
+    assert "simulate runs in one process" in capsys.readouterr().err
+    assert not (tmp_path / "sim").exists()
