@@ -42,18 +42,39 @@ def refuse_several_processes(command: str) -> None:
                          f"({launch.world} processes were started).")
 
 
+def process_label() -> str:
+    """`` (rank R of W)`` in a process torchrun started with others, else empty: an error one
+    rank meets (its GPU missing) is told apart from one every rank meets (a bad file)."""
+    try:
+        launch = launch_from_environment()
+    except InputError:
+        return ""
+    return f" (rank {launch.rank} of {launch.world})" if launch.active else ""
+
+
+def interrupted_elsewhere() -> bool:
+    """True in the ranks other than 0 of a torchrun launch: Ctrl-C reaches every process,
+    and one ``interrupted.`` says it."""
+    try:
+        launch = launch_from_environment()
+    except InputError:
+        return False
+    return not launch.main
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run one command; returns the exit code (0 ok, 2 bad input)."""
+    """Run one command; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     try:
         refuse_several_processes(args.command)
         return int(args.func(args) or 0)
     except InputError as exc:
-        print(f"fewshotpicker {args.command}: error: {exc}", file=sys.stderr)
+        print(f"fewshotpicker {args.command}{process_label()}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"fewshotpicker {args.command}: interrupted.", file=sys.stderr)
+        if not interrupted_elsewhere():
+            print(f"fewshotpicker {args.command}: interrupted.", file=sys.stderr)
         return 130
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from fewshotpicker.cli import pretrain as pretrain_cli
 from fewshotpicker.cli.main import main
 from fewshotpicker.errors import InputError
 from fewshotpicker.models.mae import build_mae
@@ -90,3 +91,27 @@ def test_commands_other_than_pretrain_refuse_a_torchrun_launch(monkeypatch, caps
     assert main(["simulate", "--out", str(tmp_path / "sim"), "--n", "1"]) == 2
     assert "simulate runs in one process" in capsys.readouterr().err
     assert not (tmp_path / "sim").exists()
+
+
+@pytest.mark.parametrize("rank, says_interrupted", [(0, True), (1, False)])
+def test_ctrl_c_under_torchrun_is_told_once(monkeypatch, capsys, rank, says_interrupted):
+    def interrupt(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(pretrain_cli, "run", interrupt)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("MASTER_ADDR", "localhost")
+    assert main(["pretrain", "--micrographs", "none", "--out", "x"]) == 130
+    assert ("interrupted." in capsys.readouterr().err) == says_interrupted
+
+
+def test_an_error_under_torchrun_names_the_rank_that_met_it(monkeypatch, capsys):
+    def refuse(args):
+        raise InputError("Local rank 1 has no GPU.")
+    monkeypatch.setattr(pretrain_cli, "run", refuse)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("MASTER_ADDR", "localhost")
+    assert main(["pretrain", "--micrographs", "none", "--out", "x"]) == 2
+    assert "fewshotpicker pretrain (rank 1 of 2): error: Local rank 1 has no GPU." \
+        in capsys.readouterr().err
