@@ -59,14 +59,36 @@ class Plugin(pwem.Plugin):
         """Environment for the engine: Scipion's, without its PYTHONPATH when another
         environment is activated (it would shadow that environment's packages); with
         ``gpus`` (ids), only those GPUs visible, so that process ``i`` of a torchrun
-        launch takes the ``i``-th of them."""
+        launch takes the ``i``-th of them (see ``visibleGpus``)."""
         environ = pwutils.Environ(os.environ)
         if cls.getActivation() and "PYTHONPATH" in environ:
             del environ["PYTHONPATH"]
         environ.setdefault("FEWSHOTPICKER_NO_PROGRESS", "1")
         if gpus:
-            environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
+            environ["CUDA_VISIBLE_DEVICES"] = ",".join(
+                cls.visibleGpus(gpus, environ.get("CUDA_VISIBLE_DEVICES")))
         return environ
+
+    @staticmethod
+    def visibleGpus(gpus, visible=None):
+        """The ``CUDA_VISIBLE_DEVICES`` entries for GPU ids ``gpus``.
+
+        Where a queue has already restricted the job to some GPUs (``visible``, e.g.
+        ``"4,6"`` or UUIDs), the ids count within those, as torch's and RELION's do:
+        ids 0 1 are GPUs 4 and 6; otherwise they are the machine's own ids.
+        """
+        ids = [str(g).strip() for g in gpus]
+        if visible is None or not visible.strip():
+            return ids
+        granted = [v.strip() for v in visible.split(",") if v.strip()]
+        chosen = []
+        for gpu in ids:
+            if not gpu.isdigit() or int(gpu) >= len(granted):
+                raise ValueError(
+                    f"GPU id {gpu} is not among the {len(granted)} GPU(s) this job was given "
+                    f"(CUDA_VISIBLE_DEVICES={visible}); GPU ids count from 0 within those.")
+            chosen.append(granted[int(gpu)])
+        return chosen
 
     @classmethod
     def runEngine(cls, protocol, command, configPath, extraArgs="", cwd=None, gpus=None):

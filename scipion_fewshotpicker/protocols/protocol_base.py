@@ -76,7 +76,9 @@ class FewShotProtBase:
                        help="GPUs to use, e.g. '0' or '0 1'. Picking shares the micrographs "
                             "among all of them; pretraining splits every batch among them "
                             "(one process per GPU, started by torchrun); fine-tuning uses "
-                            "the first.")
+                            "the first. Where a queue gives the job some GPUs "
+                            "(CUDA_VISIBLE_DEVICES), the ids count within those: 0 is the "
+                            "first GPU the job was given.")
 
     def getDeviceSpec(self, single=False):
         """The engine's --device value: 'cpu', or GPU ids such as '0,1'."""

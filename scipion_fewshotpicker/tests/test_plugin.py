@@ -128,7 +128,8 @@ def test_pick_counts_name_the_unusual_micrographs_and_draw_the_summary(tmp_path)
     assert summarisePickCounts(dict(list(counts.items())[:4]), str(png)) == []  # too few
 
 
-def test_pretraining_on_several_gpus_runs_the_engine_once_per_gpu_under_torchrun(tmp_path):
+def test_pretraining_on_several_gpus_runs_the_engine_once_per_gpu_under_torchrun(
+        tmp_path, monkeypatch):
     import subprocess
     from fewshotpicker.config import MicrographSimConfig
     from fewshotpicker.data.synthetic import simulate_dataset
@@ -137,7 +138,17 @@ def test_pretraining_on_several_gpus_runs_the_engine_once_per_gpu_under_torchrun
     program = Plugin.getEngineProgram(2)
     assert program.endswith("-m torch.distributed.run --standalone --nproc-per-node 2 "
                             "-m fewshotpicker")
+    assert Plugin.visibleGpus(["1", "3"]) == ["1", "3"]
+    assert Plugin.visibleGpus(["0", "1"], "4,6") == ["4", "6"]  # a queue granted 4 and 6
+    assert Plugin.visibleGpus(["1"], "GPU-a1, GPU-b2") == ["GPU-b2"]
+    with pytest.raises(ValueError, match="GPU id 2 is not among the 2 GPU"):
+        Plugin.visibleGpus(["0", "2"], "4,6")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert Plugin.getEnviron(["1", "3"])["CUDA_VISIBLE_DEVICES"] == "1,3"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5,7")
+    assert Plugin.getEnviron(["0", "2"])["CUDA_VISIBLE_DEVICES"] == "2,7"
+    assert Plugin.getEnviron()["CUDA_VISIBLE_DEVICES"] == "2,5,7"  # untouched without gpus
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     prot = FewShotProtPretrain()
     prot.gpuList.set("0 2")
     assert prot.trainingGpus() == ["0", "2"]
