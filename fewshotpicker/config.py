@@ -261,6 +261,9 @@ class PickConfig:
                                       # micrograph's median); the cutoff's count is kept; 0 = off
     max_overlap: float = 0.01         # an automatic cutoff rises until at most this share of the picks
                                       # overlaps a higher candidate (centres < 0.75 box); 0 = off
+    crowded: bool = False             # crowded micrographs: an automatic cutoff may come down to the
+                                      # valley above the background when the picks that adds do not
+                                      # overlap higher candidates
     threshold: str = "auto"           # auto (anchored mixture) | gmm | otsu2 | density (CryoMAE) | quantile | number
     k: int = 10                       # neighbours of the density cutoff
     quantile: float = 0.9             # global quantile of candidate scores when threshold=quantile

@@ -24,6 +24,7 @@ FLAGS = {"model": "model", "stride": "stride", "coarse": "coarse", "student": "s
          "min_distance": "min_distance",
          "shoulder_reach": "shoulder_reach", "shoulder_dip": "shoulder_dip",
          "max_contrast": "max_contrast", "surround": "surround", "max_overlap": "max_overlap",
+         "crowded": "crowded",
          "threshold": "threshold", "k": "k", "quantile": "quantile",
          "exclude_border": "exclude_border", "edge_windows": "edge_windows",
          "batch_size": "batch_size", "device": "device",
@@ -80,6 +81,13 @@ def add_parser(sub) -> None:
                         "two such picks cannot both be particles, and many of them mean the "
                         "cut reaches into the background beside the particles (low SNR); "
                         "default 0.01; 0 = off; a fixed threshold is never changed")
+    p.add_argument("--crowded", action="store_const", const=True,
+                   help="for crowded micrographs (particles touching): an automatic cutoff may "
+                        "come down to the valley between the background's scores and the "
+                        "particles', when no more than 5%% of the picks that adds lie closer "
+                        "than 0.75 box to a higher candidate; on a simulated set covering 40%% "
+                        "of the area F1 rose from 0.937 to 0.970; off by default, since on "
+                        "EMPIAR-10028 (not crowded) it cost 0.013")
     p.add_argument("--threshold", help="auto (default: a mixture of 2 to 4 classes of each "
                                        "micrograph's scores, the particle class placed where "
                                        "the exemplars score each other), gmm (a 2- or "

@@ -183,6 +183,15 @@ def write_candidates(results: Dict[str, object], path: Path) -> Path:
     return write_coordinate_table(table, path, with_scores=True)
 
 
+def crowded_record(res: Candidates) -> dict:
+    """What ``--crowded`` found on one micrograph (nothing when it was not asked for)."""
+    if res.valley_picks < 0:
+        return {}
+    share = None if np.isnan(res.valley_overlap) else round(res.valley_overlap, 4)
+    return {"valley_picks": res.valley_picks, "valley_overlap_share": share,
+            "filled_to_valley": res.filled}
+
+
 def write_pick_outputs(results: Dict[str, object], cfg: PickConfig, out_dir: Path) -> dict:
     """STAR files, per-micrograph threshold JSON (and PNG), and the summary dict."""
     frames, summary, failed = [], {}, {}
@@ -201,6 +210,7 @@ def write_pick_outputs(results: Dict[str, object], cfg: PickConfig, out_dir: Pat
                   "unchecked_cutoff": None if np.isnan(res.unchecked_cutoff)
                   else res.unchecked_cutoff,
                   "overlapping_picks": res.overlapping,
+                  **crowded_record(res),
                   "exemplar_anchor": None if np.isnan(res.anchor) else round(res.anchor, 6),
                   "candidates": int(len(res.scores)),
                   "picks": int(len(scores)), "stride_px": res.score_map.stride_px,

@@ -90,6 +90,14 @@ def fisher_z(scores: np.ndarray) -> np.ndarray:
     return np.arctanh(np.clip(np.asarray(scores, dtype=float), -0.999, 0.999))
 
 
+def valley_cutoff(scores: np.ndarray, min_candidates: int = 8) -> float:
+    """One-level Otsu split of cosines ``(n,)`` in Fisher z-space: the valley between the
+    background's scores and the particle-like ones; ``-inf`` for too few scores."""
+    if len(scores) < min_candidates:
+        return -np.inf
+    return float(np.tanh(otsu_threshold(fisher_z(scores))))
+
+
 def otsu2_cutoff(scores: np.ndarray, min_candidates: int = 8) -> float:
     """Two-level Otsu in Fisher z-space (see module docstring); ``-inf`` for too few scores."""
     z = fisher_z(scores)

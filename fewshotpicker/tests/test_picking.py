@@ -16,15 +16,16 @@ from fewshotpicker.io.mrc import read_image, write_mrc
 from fewshotpicker.models.mae import build_mae
 from fewshotpicker.picking import run as pick_run
 from fewshotpicker.picking.picker import (Candidates, check_overlaps, cutoff_keeping,
-                                          default_stride, find_candidates, rank_by_surround,
-                                          surround_corrected)
+                                          default_stride, fill_to_valley, find_candidates,
+                                          rank_by_surround, surround_corrected)
 from fewshotpicker.picking.plots import summarise_counts, unusual_counts
 from fewshotpicker.picking.scoring import (Bank, ScoreMap, edge_pad, fill_unscored,
                                            refine_seeds, score_coarse_to_fine, score_grid,
                                            score_micrograph, score_prepared, window_grid)
 from fewshotpicker.picking.threshold import (anchored_cutoff, choose_cutoff, density_cutoff,
                                              gmm_cutoff, otsu2_cutoff, otsu_threshold,
-                                             overlap_checked_cutoff, resolved_rule)
+                                             overlap_checked_cutoff, resolved_rule,
+                                             valley_cutoff)
 from fewshotpicker.training.common import model_payload
 
 
@@ -206,6 +207,51 @@ def test_check_overlaps_cuts_peaks_beside_picks_but_not_neighbours_a_box_apart()
         same = _touching_pairs(6, gap=0.6)
         check_overlaps(same, share, rule)
         assert len(same.kept()[0]) == 46 and np.isnan(same.unchecked_cutoff)
+
+
+def _crowded(n_packed: int, n_beside: int, box: float = 10.0) -> Candidates:
+    """Candidates: 60 particles a box apart in a row (cos 0.99, all picked: cutoff 0.985),
+    ``n_packed`` more a box apart in a second row scoring a little lower (0.95-0.90),
+    ``n_beside`` background peaks 0.5 box beside the first row's particles (0.6-0.5), and
+    200 background peaks far away (cos about -0.95); box 10 px."""
+    rng = np.random.default_rng(0)
+    first = np.stack([np.arange(60) * box, np.zeros(60)], axis=1)
+    packed = np.stack([np.arange(n_packed) * box, np.full(n_packed, box)], axis=1)
+    beside = first[:n_beside] + [0.0, -0.5 * box]
+    far = np.stack([rng.uniform(0, 600, 200), rng.uniform(500, 900, 200)], axis=1)
+    xy = np.concatenate([first, packed, beside, far])
+    scores = np.concatenate([np.linspace(0.995, 0.99, 60), np.linspace(0.95, 0.90, n_packed),
+                             np.linspace(0.6, 0.5, n_beside), np.tanh(rng.normal(-1.8, 0.1, 200))])
+    return Candidates(xy, scores, score_map=None, cutoff=0.985, box=box)
+
+
+def test_valley_cutoff_lies_between_background_and_particle_like_scores():
+    cands = _crowded(30, 0)
+    cut = valley_cutoff(cands.scores)
+    assert cands.scores[90:].max() < cut < 0.90      # background below, both rows above
+    assert valley_cutoff(np.array([0.1, 0.9])) == -np.inf
+
+
+def test_crowded_micrographs_come_down_to_the_valley_when_the_added_picks_overlap_nothing():
+    cands = _crowded(30, 0)
+    valley = int(np.sum(cands.scores > valley_cutoff(cands.scores)))
+    fill_to_valley(cands, valley, "auto")
+    # the second row of touching particles joins the picks: none lies 0.75 box from another
+    assert len(cands.kept()[0]) == 90 and cands.filled == 30 and cands.valley_overlap == 0.0
+    # background peaks half a box beside picked particles: 20 of the 50 added (0.4) overlap
+    beside = _crowded(30, 20)
+    valley = int(np.sum(beside.scores > valley_cutoff(beside.scores)))
+    assert valley == 110
+    fill_to_valley(beside, valley, "auto")
+    assert len(beside.kept()[0]) == 60 and beside.filled == 0
+    assert beside.valley_overlap == pytest.approx(0.4)
+    # one overlapping among 30 added (0.033) is allowed; a fixed threshold is the user's
+    one = _crowded(30, 1)
+    fill_to_valley(one, int(np.sum(one.scores > valley_cutoff(one.scores))), "auto")
+    assert one.filled == 31
+    fixed = _crowded(30, 0)
+    fill_to_valley(fixed, 90, "0.985")
+    assert len(fixed.kept()[0]) == 60 and fixed.valley_picks == -1
 
 
 def test_density_cutoff_falls_between_particles_and_background():
@@ -561,6 +607,25 @@ def test_pick_raises_the_cutoff_over_overlapping_picks_and_records_it(random_mod
     # ... so the cut rises until one is left (1% of the picks, at least one)
     assert on["cutoff"] > on["unchecked_cutoff"] and 0 < len(on_picks) < len(off_picks)
     assert _picks_overlapping_a_higher_candidate(on_picks, cands, 18.0) == 1
+
+
+def test_pick_crowded_records_the_valley_and_adds_only_what_it_says(random_model, tmp_path):
+    mic = write_mrc(tmp_path / "m.mrc", np.random.default_rng(4).normal(size=(96, 120)))
+    records = {}
+    for flag in ([], ["--crowded"]):
+        out = tmp_path / ("crowded" if flag else "plain")
+        assert main(["pick", "--model", str(random_model), "--micrographs", str(mic), "--out",
+                     str(out), "--device", "cpu", "--threshold", "gmm", *flag]) == 0
+        records[bool(flag)] = json.loads((out / "thresholds" / "m.json").read_text())
+    plain, crowded = records[False], records[True]
+    assert "valley_picks" not in plain and crowded["valley_picks"] > 0
+    assert crowded["picks"] == plain["picks"] + crowded["filled_to_valley"]
+    if crowded["valley_picks"] <= plain["picks"]:       # the valley lies above the cut
+        assert crowded["filled_to_valley"] == 0 and crowded["valley_overlap_share"] is None
+    else:                                               # added only if they overlap little
+        added = crowded["filled_to_valley"] > 0
+        assert added == (crowded["valley_overlap_share"] <= 0.05)
+        assert crowded["picks"] == (crowded["valley_picks"] if added else plain["picks"])
 
 
 def test_bf16_scores_match_fp32_to_a_few_thousandths(random_model):
