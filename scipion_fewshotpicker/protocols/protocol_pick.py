@@ -110,6 +110,16 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
                            "into the background just beside the particles, and those "
                            "overlapping peaks are its trace. A fixed threshold is never "
                            "changed. 0 = off.")
+        form.addParam("crowded", params.BooleanParam, default=False,
+                      condition="thresholdMode != 3",
+                      expertLevel=params.LEVEL_ADVANCED, label="Crowded micrographs?",
+                      help="Yes when particles touch each other over much of the "
+                           "micrographs. Touching particles score a little lower than lone "
+                           "ones, and the automatic cutoff can take them for a class of "
+                           "their own and leave them out. With Yes the cutoff may come down "
+                           "to the valley above the background's scores, when the picks "
+                           "that adds overlap (almost) no higher pick. Leave No otherwise: "
+                           "on sparse micrographs it lets in some isolated non-particles.")
         form.addParam("edgeWindows", params.BooleanParam, default=False,
                       expertLevel=params.LEVEL_ADVANCED, label="Pick up to the edges?",
                       help="Yes: the micrograph is extended by reflection, as training extends "
@@ -192,6 +202,7 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
                 "max_contrast": self.maxContrast.get(),
                 "surround": self.surround.get(),
                 "max_overlap": self.maxOverlap.get(),
+                "crowded": self.crowded.get(),
                 "edge_windows": self.edgeWindows.get(),
                 "exclude_border": self.excludeBorder.get(),
                 "threshold": str(self.threshold.get()) if mode == "fixed" else mode,

@@ -121,7 +121,7 @@ class TestFewShotWorkflow(BaseTest):
         with open(self.pick._getExtraPath("pick.json")) as fh:
             config = json.load(fh)
         self.assertEqual((config["max_contrast"], config["student_check"], config["surround"],
-                          config["max_overlap"]), (2.5, True, 0.5, 0.01))
+                          config["max_overlap"], config["crowded"]), (2.5, True, 0.5, 0.01, False))
         self.assertGreater(self._windowsScored(self.pick), 1.0)
         dropped = 0
         for path in glob.glob(self.pick._getExtraPath("thresholds", "*.json")):
