@@ -53,6 +53,9 @@ SIM_SETS = {
 
 
 FAST = "fewshot fast (--coarse 2)"
+# the sets whose particles touch, where a user would pick with --crowded: also picked so
+CROWDED_SETS = {name for name, overrides in SIM_SETS.items() if "crowding" in overrides}
+CROWDED = "fewshot crowded (--crowded)"
 
 
 @dataclass(frozen=True)
@@ -120,14 +123,15 @@ def _engine(*args: str) -> List[str]:
 
 
 def pick_fewshot(model: Path, ds: Dataset, out: Path, device: str, coarse: int = 1,
-                 student: float = 0.0) -> dict:
+                 student: float = 0.0, crowded: bool = False) -> dict:
     """Our picker on the test micrographs: kept picks, all candidates, time, memory, and
     the share of windows scored (below 1 in the fast settings, ``coarse`` 2 or a
-    ``student`` share)."""
+    ``student`` share); ``crowded``: ``pick --crowded``."""
     seconds, rss = run_measured(_engine("pick", "--model", str(model), "--micrographs",
                                         *map(str, ds.test), "--out", str(out), "--device",
                                         device, "--candidates", "--coarse", str(coarse),
-                                        "--student", str(student)),
+                                        "--student", str(student),
+                                        *(["--crowded"] if crowded else [])),
                                 out.parent / "commands.log")
     summary = json.loads((out / "summary.json").read_text())
     shares = [json.loads(p.read_text())["windows_scored"]
@@ -244,6 +248,9 @@ def run_seed(ds: Dataset, seed: int, base: Path, pretrained: Path, st: BenchSett
                         device=st.device, seed=seed)
     finetune(train, ds.train, exemplars, out / "train")
     results = {"fewshot (ours)": pick_fewshot(out / "train", ds, out / "fewshot", st.device)}
+    if ds.name in CROWDED_SETS:
+        results[CROWDED] = pick_fewshot(out / "train", ds, out / "fewshot_crowded", st.device,
+                                        crowded=True)
     if st.fast:
         results[FAST] = pick_fewshot(out / "train", ds, out / "fewshot_fast", st.device, coarse=2)
     if st.student > 0:

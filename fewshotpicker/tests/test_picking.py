@@ -894,6 +894,23 @@ def test_topaz_runs_of_one_draw_are_averaged_and_their_f1_kept():
     assert mean_of_runs(runs[:1]) == runs[0]             # one run: its own row, unchanged
 
 
+def test_the_benchmark_picks_the_crowded_set_once_more_with_crowded(monkeypatch, tmp_path):
+    from fewshotpicker.benchmarks import picking as bench
+    assert bench.CROWDED_SETS == {"sim crowded (SNR 0.05)"}
+    commands = []
+
+    def stop(command, log):
+        commands.append(command)
+        raise StopIteration
+    monkeypatch.setattr(bench, "run_measured", stop)
+    ds = bench.Dataset("d", [], [tmp_path / "m.mrc"], None, None, 40.0)
+    for crowded in (False, True):
+        with pytest.raises(StopIteration):
+            bench.pick_fewshot(tmp_path / "model", ds, tmp_path / "out", "cpu", crowded=crowded)
+    assert "--crowded" not in commands[0] and commands[1][-1] == "--crowded"
+    assert commands[1][:-1] == commands[0]
+
+
 def test_benchmark_refuses_fewer_than_one_topaz_run(capsys):
     from fewshotpicker.cli.main import main
     code = main(["benchmark", "picking", "--sets", "0", "--topaz-runs", "0", "--work", "w"])
