@@ -78,9 +78,12 @@ class Plugin(pwem.Plugin):
         ids 0 1 are GPUs 4 and 6; otherwise they are the machine's own ids.
         """
         ids = [str(g).strip() for g in gpus]
-        if visible is None or not visible.strip():
+        if visible is None:
             return ids
         granted = [v.strip() for v in visible.split(",") if v.strip()]
+        if not granted:
+            raise ValueError("This job was given no GPU (CUDA_VISIBLE_DEVICES is empty); "
+                             "set 'Use GPU' to No or send it to a GPU queue.")
         chosen = []
         for gpu in ids:
             if not gpu.isdigit() or int(gpu) >= len(granted):

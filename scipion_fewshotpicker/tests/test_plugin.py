@@ -143,6 +143,8 @@ def test_pretraining_on_several_gpus_runs_the_engine_once_per_gpu_under_torchrun
     assert Plugin.visibleGpus(["1"], "GPU-a1, GPU-b2") == ["GPU-b2"]
     with pytest.raises(ValueError, match="GPU id 2 is not among the 2 GPU"):
         Plugin.visibleGpus(["0", "2"], "4,6")
+    with pytest.raises(ValueError, match="given no GPU"):
+        Plugin.visibleGpus(["0", "1"], "")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert Plugin.getEnviron(["1", "3"])["CUDA_VISIBLE_DEVICES"] == "1,3"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5,7")
