@@ -203,9 +203,10 @@ def check_overlaps(cands: Candidates, share: float, threshold) -> None:
     cands.cutoff = overlap_checked_cutoff(cands.scores, over, cands.cutoff, share)
 
 
-# largest share of the picks the valley would add that may overlap a higher candidate (crowded
-# set: 0-0.02 where those picks were 57-96% particles, one micrograph 0.09; many lures 0.053-0.15
-# and the default set 0-0.15 where they were 15-54%; SNR 0.02 0.28-0.47)
+# largest share of the picks the valley would add that may overlap a higher candidate. Shares
+# measured, with the share of particles among those picks: crowded set 0-0.02 (one micrograph
+# 0.09), 57-96% particles; many lures 0.053-0.15, 15-53%; default set 0-0.15, 22-54%; SNR 0.02
+# 0.28-0.47, 4-10%
 VALLEY_OVERLAP = 0.05
 
 
