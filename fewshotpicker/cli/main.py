@@ -42,24 +42,14 @@ def refuse_several_processes(command: str) -> None:
                          f"({launch.world} processes were started).")
 
 
-def process_label() -> str:
-    """`` (rank R of W)`` in a process torchrun started with others, else empty: an error one
-    rank meets (its GPU missing) is told apart from one every rank meets (a bad file)."""
+def torchrun_launch():
+    """This process's place in a torchrun launch of several processes, else None (also when
+    the environment torchrun sets is broken: ``refuse_several_processes`` says so)."""
     try:
         launch = launch_from_environment()
     except InputError:
-        return ""
-    return f" (rank {launch.rank} of {launch.world})" if launch.active else ""
-
-
-def interrupted_elsewhere() -> bool:
-    """True in the ranks other than 0 of a torchrun launch: Ctrl-C reaches every process,
-    and one ``interrupted.`` says it."""
-    try:
-        launch = launch_from_environment()
-    except InputError:
-        return False
-    return not launch.main
+        return None
+    return launch if launch.active else None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -69,11 +59,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         refuse_several_processes(args.command)
         return int(args.func(args) or 0)
-    except InputError as exc:
-        print(f"fewshotpicker {args.command}{process_label()}: error: {exc}", file=sys.stderr)
+    except InputError as exc:  # a rank's own error (its GPU missing) names the rank
+        launch = torchrun_launch()
+        rank = f" (rank {launch.rank} of {launch.world})" if launch else ""
+        print(f"fewshotpicker {args.command}{rank}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        if not interrupted_elsewhere():
+    except KeyboardInterrupt:  # Ctrl-C reaches every rank; rank 0 alone says so
+        launch = torchrun_launch()
+        if launch is None or launch.main:
             print(f"fewshotpicker {args.command}: interrupted.", file=sys.stderr)
         return 130
 
