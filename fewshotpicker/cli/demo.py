@@ -88,14 +88,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _evaluate_and_report(out: Path, meta: dict, mics: list, results: dict, dog, trained) -> int:
     held_out = [str(m) for m in mics[1:]]
-    keys = {micrograph_key(m) for m in held_out}
     truth = read_coordinates(out / "data" / "truth.star")
-    truth = truth[truth["micrograph"].map(micrograph_key).isin(keys)]
     tables = {"fewshot": read_coordinates(out / "picks" / "autopick.star"),
               "fewshot_student": read_coordinates(out / "picks_student" / "autopick.star"),
               "dog": dog}
-    reports = {label: evaluate_all(p[p["micrograph"].map(micrograph_key).isin(keys)], truth,
-                                   meta["box_px"], micrographs=held_out)
+    reports = {label: evaluate_all(p, truth, meta["box_px"], micrographs=held_out)
                for label, p in tables.items()}
     for label, rep in reports.items():
         save_report(rep, out / f"evaluation_{label}", label)

@@ -26,7 +26,9 @@ def add_parser(sub) -> None:
     p.add_argument("--convention", nargs="+", choices=sorted(CONVENTIONS),
                    help="conventions to report (default cryomae hydrapicker topaz)")
     p.add_argument("--micrographs", nargs="+",
-                   help="all evaluated micrographs (so ones with no particles count too)")
+                   help="the micrographs to evaluate, exactly: truth and picks on others are "
+                        "left out, and ones with no particles or no picks count (default: "
+                        "every micrograph of the truth)")
     p.add_argument("--per-micrograph", action="store_true", help="print a row per micrograph")
     p.add_argument("--out", help="folder for metrics.json and precision_recall.png "
                                  "(default: beside the picks)")
@@ -45,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("The box size (--box, px) is required to match picks to particles.")
     mics = [str(m) for m in expand_images(args.micrographs)] if args.micrographs else None
     report = evaluate_all(picks, truth, cfg.box, cfg.conventions, cfg.radius or None, mics)
+    if any(report["left_out"].values()):
+        log.info("left out %(truth)d true particles and %(picks)d picks on micrographs that "
+                 "--micrographs does not name", report["left_out"])
     print(format_table(report, args.per_micrograph))
     paths = save_report(report, out, args.label)
     log.info("wrote %s", ", ".join(paths.values()))

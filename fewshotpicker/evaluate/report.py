@@ -8,7 +8,8 @@ from typing import Iterable, Optional, Sequence
 import pandas as pd
 
 from ..io.atomic import atomic_path, write_text_atomic
-from .conventions import evaluate_convention
+from ..io.coordinates import micrograph_key
+from .conventions import check_names, evaluate_convention
 
 FIGURES = ["precision", "recall", "f1", "f4", "ap", "auroc", "tp", "fp", "fn"]
 
@@ -17,13 +18,31 @@ def evaluate_all(picks: pd.DataFrame, truth: pd.DataFrame, box: float,
                  conventions: Sequence[str] = ("cryomae", "hydrapicker", "topaz"),
                  radius: Optional[float] = None,
                  micrographs: Optional[Iterable[str]] = None) -> dict:
-    """Run each convention; returns ``{"box": .., "conventions": {name: report}}``."""
+    """Run each convention; returns ``{"box": .., "conventions": {name: report}}``.
+
+    micrographs: the images evaluated, exactly: picks and truth on other images are
+    left out (``left_out`` counts them), images among them with no picks or no truth
+    count. None: every image the truth names.
+    """
     micrographs = list(micrographs or [])
+    left_out = {"picks": 0, "truth": 0}
+    if micrographs:
+        keys = set(map(micrograph_key, micrographs))
+        check_names(picks, keys | set(truth["micrograph"].astype(str).map(micrograph_key)),
+                    "picks")
+        kept_picks, kept_truth = _only(picks, keys), _only(truth, keys)
+        left_out = {"picks": len(picks) - len(kept_picks), "truth": len(truth) - len(kept_truth)}
+        picks, truth = kept_picks, kept_truth
     return {"box": box, "radius": radius or box / 2.0,
-            "n_picks": int(len(picks)), "n_truth": int(len(truth)),
+            "n_picks": int(len(picks)), "n_truth": int(len(truth)), "left_out": left_out,
             "conventions": {name: evaluate_convention(name, picks, truth, box, radius,
                                                       micrographs)
                             for name in conventions}}
+
+
+def _only(table: pd.DataFrame, keys: set) -> pd.DataFrame:
+    """The rows of a coordinate table on the micrographs ``keys`` (micrograph_key form)."""
+    return table[table["micrograph"].astype(str).map(micrograph_key).isin(keys)]
 
 
 def _fmt(value) -> str:

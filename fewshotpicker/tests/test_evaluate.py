@@ -137,3 +137,18 @@ def test_report_table_and_files(tmp_path):
     assert saved["conventions"]["cryomae"]["pooled"]["f1"] == pytest.approx(0.5)
     assert (tmp_path / "precision_recall.png").stat().st_size > 5000
     assert set(paths) == {"json", "plot"}
+
+
+def test_named_micrographs_are_evaluated_exactly():
+    truth = pd.concat([coords([[10, 10]], mic="a.mrc"), coords([[10, 10], [60, 60]],
+                                                               mic="b.mrc")])
+    picks = pd.concat([coords([[10, 10]], mic="a.mrc"), coords([[60, 61]], mic="b.mrc")])
+    report = evaluate_all(picks, truth, box=20, conventions=("cryomae",),
+                          micrographs=["x/a.mrc", "c.mrc"])
+    pooled = report["conventions"]["cryomae"]["pooled"]
+    # b's two particles and its pick are left out; c has neither and still counts
+    assert (pooled["tp"], pooled["fp"], pooled["fn"]) == (1, 0, 0)
+    assert report["left_out"] == {"picks": 1, "truth": 2}
+    assert sorted(report["conventions"]["cryomae"]["per_micrograph"]) == ["a", "c"]
+    with pytest.raises(InputError, match=r"\(d\)"):
+        evaluate_all(coords([[1, 1]], mic="d.mrc"), truth, box=20, micrographs=["a.mrc"])
