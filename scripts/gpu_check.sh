@@ -3,10 +3,16 @@
 #   1. benchmark pick-speed: the base model on a 4096 x 4096 micrograph (box 180, stride 28),
 #      every window, --coarse 2, the student cascade, every window with the cascade checking the
 #      cutoff (pick's default for a trained model), and model input 160, each compiled;
-#   2. the main job (demo) on the GPU: pretraining, fine-tuning, distillation and both picking
-#      paths, with its scores beside the CPU's in docs/benchmarks.md "On a GPU".
-# Five files go to $OUT (default gpu_check_out/): device.txt, pick_speed.log/.json, demo.log
-# and demo_report.md (the demo's own folder stays in /tmp: a device run brings back few files).
+#   2. benchmark train-speed: pretraining and fine-tuning steps per second of that model;
+#   3. the main job (demo) on the GPU: pretraining, fine-tuning, distillation and both picking
+#      paths, with its scores beside the CPU's in docs/benchmarks.md "On a GPU";
+#   4. with GPU_CHECK_REAL=DIR (DIR/model/model.pt, DIR/mics/*.mrc, DIR/truth.star: a trained
+#      model and real micrographs with labels) and GPU_CHECK_REAL_BOX (their box, px), pick them on the GPU (every window compiled,
+#      the student cascade, and two shards on one GPU) and evaluate each, to set beside the
+#      same commands run on the CPU.
+# Up to seven files go to $OUT (default gpu_check_out/): device.txt, pick_speed.log/.json,
+# train_speed.log, demo.log, demo_report.md and real.log (the runs' own folders stay in /tmp:
+# a device run brings back few files).
 # Needs python3 with torch (CUDA), timm, numpy, scipy, pandas, scikit-learn, matplotlib and
 # tqdm; mrcfile and starfile too, installed or carried as wheels in .whl/ (a device machine has
 # no network; see docs/benchmarks.md "On a GPU").
@@ -38,10 +44,27 @@ status=0
 "$PY" -m fewshotpicker benchmark pick-speed --model "$MODEL" --size "$SIZE" --box 180 \
     --stride 28 --coarse 1,2 --student 0.4 --input-size 160 --device "$DEVICE" "${compile[@]}" \
     --out "$OUT/pick_speed.json" 2>&1 | tee "$OUT/pick_speed.log" || status=1
+"$PY" -m fewshotpicker benchmark train-speed --model "$MODEL" --device "$DEVICE" \
+    --steps 10 2>&1 | tee "$OUT/train_speed.log" || status=1
 if [ "${GPU_CHECK_DEMO:-1}" != 0 ]; then
     demo=${TMPDIR:-/tmp}/fewshot_gpu_check_demo
     "$PY" -m fewshotpicker demo --device "$DEVICE" --out "$demo" 2>&1 \
         | tee "$OUT/demo.log" || status=1
     cp "$demo/report.md" "$OUT/demo_report.md" 2>/dev/null
+fi
+if [ -n "${GPU_CHECK_REAL:-}" ]; then
+    real=${TMPDIR:-/tmp}/fewshot_gpu_check_real
+    shards=$DEVICE:0,$DEVICE:0; [ "$DEVICE" = cpu ] && shards=cpu,cpu
+    for run in "every --compile" "student --student 0.4" "shards --device $shards"; do
+        set -- $run
+        name=$1; shift
+        dev=(--device "$DEVICE"); [[ "$*" == *--device* ]] && dev=()
+        { echo "== pick $name: $*"
+          "$PY" -m fewshotpicker pick --model "$GPU_CHECK_REAL/model" \
+              --micrographs "$GPU_CHECK_REAL"/mics/*.mrc --out "$real/$name" "${dev[@]}" "$@" &&
+          "$PY" -m fewshotpicker evaluate --picks "$real/$name/autopick.star" \
+              --truth "$GPU_CHECK_REAL/truth.star" --box "${GPU_CHECK_REAL_BOX:?}" --micrographs "$GPU_CHECK_REAL"/mics/*.mrc
+        } 2>&1 | tee -a "$OUT/real.log" || status=1
+    done
 fi
 exit $status
