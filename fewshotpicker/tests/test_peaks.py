@@ -4,7 +4,7 @@ import pytest
 
 from fewshotpicker.config import DogConfig
 from fewshotpicker.picking.dog import pick_dog
-from fewshotpicker.picking.peaks import (find_peaks, overlapping, path_minimum, ring_mean,
+from fewshotpicker.picking.peaks import (find_peaks, overlapping, path_minima, ring_mean,
                                         suppress_close, suppress_shoulders)
 
 
@@ -64,13 +64,34 @@ def test_a_shoulder_on_the_flank_of_a_higher_peak_is_dropped():
     score = gaussian_map((40, 60), [(20, 20), (27.5, 20)], sigma=3.0, heights=[1.0, 0.75])
     pos, values = find_peaks(score, min_distance=2)
     assert len(pos) == 2 and pos[1][0] == pytest.approx(26.7, abs=0.2)
-    assert path_minimum(score, pos[1], pos[0]) == pytest.approx(0.779, abs=0.005)
+    assert path_minima(score, pos[1:], pos[:1])[0] == pytest.approx(0.779, abs=0.005)
     assert suppress_shoulders(score, pos, values, reach=10, dip=0.4).tolist() == [True, False]
     # out of reach, or with the rule off, it stays
     assert suppress_shoulders(score, pos, values, reach=5, dip=0.4).all()
     assert suppress_shoulders(score, pos, values, reach=0, dip=0.4).all()
     # a dip of 0.03 below the shoulder's 0.805 is more than 1% of its height
     assert suppress_shoulders(score, pos, values, reach=10, dip=0.01).all()
+
+
+def test_paths_of_different_lengths_in_one_call():
+    score = np.add.outer(np.arange(20.0), np.zeros(30))   # value = y
+    starts = np.array([[2.0, 10.0], [5.0, 3.0], [0.0, 0.0]])
+    ends = np.array([[20.0, 10.0], [5.0, 15.0], [1.0, 1.0]])
+    # a flat path, a rising one (lowest just past its start: 3 + 12/24) and a short one
+    # sampled 7 times (1/8 to 7/8 of the way)
+    np.testing.assert_allclose(path_minima(score, starts, ends), [10.0, 3.5, 0.125])
+    assert path_minima(score, np.empty((0, 2)), np.empty((0, 2))).shape == (0,)
+
+
+def test_a_shoulder_of_a_dropped_shoulder_stays():
+    # A > B > C in a row: B sits on A's flank (dropped); C sits on B's flank but a valley
+    # parts it from A, and B no longer counts, so C stays
+    score = gaussian_map((40, 90), [(20, 20), (27.5, 20), (35, 20)], sigma=3.0,
+                         heights=[1.0, 0.75, 0.6])
+    pos, values = find_peaks(score, min_distance=2)
+    assert len(pos) == 3
+    keep = suppress_shoulders(score, pos, values, reach=10, dip=0.4)
+    assert keep.tolist() == [True, False, True]
 
 
 def test_two_peaks_with_a_valley_between_both_stay():
