@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of the picking engine, in one run (not yet timed on a GPU; give it 10 minutes):
+# The GPU checks of the picking engine, in one run (214 s on an H200 in session 36, with the real folder):
 #   1. benchmark pick-speed: the base model on a 4096 x 4096 micrograph (box 180, stride 28),
 #      every window, --coarse 2, the student cascade, every window with the cascade checking the
 #      cutoff (pick's default for a trained model), and model input 160, each compiled;
