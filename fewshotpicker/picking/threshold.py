@@ -126,20 +126,35 @@ def top_component_cutoff(mixture, values: np.ndarray) -> float:
     return float(not_top.max()) if len(not_top) else float(x.min())
 
 
+def top_separation(mixture) -> float:
+    """Ashman's D between a 1D mixture's top component and the next one down:
+    ``sqrt(2) |mu1 - mu2| / sqrt(s1^2 + s2^2)``; above 2 the two are cleanly separated
+    (infinite for a single component)."""
+    order = np.argsort(mixture.means_[:, 0])
+    if len(order) < 2:
+        return np.inf
+    top, below = order[-1], order[-2]
+    var = mixture.covariances_.reshape(len(order), -1)[:, 0]
+    return float(np.sqrt(2) * (mixture.means_[top, 0] - mixture.means_[below, 0])
+                 / np.sqrt(var[top] + var[below]))
+
+
 def mixture_cutoff(values: np.ndarray, components: tuple = (2, 3), min_values: int = 12,
-                   seed: int = 0) -> float:
+                   seed: int = 0, min_separation: float = 0.0) -> float:
     """Where the top component of a 1D Gaussian mixture stops being the most probable.
 
     values: ``(n,)`` any real scores. Mixtures with each number of
     ``components`` are fitted and the one with the lowest BIC is kept; a single
     component (when allowed and chosen) means one population: ``-inf``, keep
-    all. Also ``-inf`` for fewer than ``min_values`` values or no spread.
+    all. So does a top component less than ``min_separation`` (Ashman's D,
+    :func:`top_separation`) from the next one: one population split in two.
+    Also ``-inf`` for fewer than ``min_values`` values or no spread.
     """
     x = np.asarray(values, dtype=float)
     if len(x) < min_values or np.ptp(x) == 0:
         return -np.inf
     best = min(fit_mixtures(x, components, seed), key=lambda g: g.bic(x[:, None]))
-    if best.n_components == 1:
+    if best.n_components == 1 or top_separation(best) < min_separation:
         return -np.inf
     return top_component_cutoff(best, x)
 

@@ -12,7 +12,7 @@ from fewshotpicker.config import MicrographSimConfig, PretrainConfig, PruneConfi
 from fewshotpicker.data.synthetic import simulate_dataset
 from fewshotpicker.io.coordinates import micrograph_key, read_coordinates, write_coordinate_table
 from fewshotpicker.losses.nnpu import nnpu_risk, surrogate
-from fewshotpicker.picking.threshold import mixture_cutoff
+from fewshotpicker.picking.threshold import fit_mixtures, mixture_cutoff, top_separation
 from fewshotpicker.pruning.gallery import gallery_rows
 from fewshotpicker.pruning.prior import leave_one_out_similarity, ratio_prior
 from fewshotpicker.pruning.run import choose_threshold, prune
@@ -91,6 +91,23 @@ def test_mixture_threshold_splits_two_populations_and_keeps_one():
     assert choose_threshold("auto", two) == pytest.approx(1 / (1 + np.exp(-cut)))
     assert mixture_cutoff(rng.normal(2, 1, 300), components=(1, 2)) == -np.inf
     assert choose_threshold("bayes", two) == 0.5 and choose_threshold("0.8", two) == 0.8
+
+
+def test_one_skewed_population_is_not_split():
+    # one population with a long lower tail (a gamma's): BIC prefers two components, but
+    # they overlap (Ashman's D about 1.65) and the cut would reject a quarter of it, as it
+    # did to EMPIAR-10028's DoG picks, mostly particles
+    rng = np.random.default_rng(2)
+    skewed = 4 - rng.gamma(2.0, 0.5, 700)
+    assert np.mean(skewed < mixture_cutoff(skewed, components=(1, 2))) > 0.2
+    g2 = fit_mixtures(skewed, (2,))[0]
+    assert 1.4 < top_separation(g2) < 1.9
+    assert mixture_cutoff(skewed, components=(1, 2), min_separation=2.0) == -np.inf
+    assert choose_threshold("auto", skewed) == 0.0
+    # two classes cleanly apart are still cut between them
+    far = np.concatenate([rng.normal(-3, 0.7, 100), rng.normal(2, 0.7, 300)])
+    assert top_separation(fit_mixtures(far, (2,))[0]) == pytest.approx(7.1, abs=0.7)
+    assert -1.5 < mixture_cutoff(far, components=(1, 2), min_separation=2.0) < 0.5
 
 
 def test_gallery_rows_pick_the_extremes_and_the_borderline():
