@@ -44,9 +44,10 @@ def add_parser(sub) -> None:
                    help="encoder size without --model (default tiny)")
     p.add_argument("--prior", help="share of the picks that are particles: auto (default, "
                                    "estimated) or a number in (0, 1)")
-    p.add_argument("--threshold", help="probability to keep a pick: auto (default: a two-class "
-                                       "mixture of the scores decides), bayes (0.5) or a "
-                                       "number in (0, 1)")
+    p.add_argument("--threshold", help="probability to keep a pick: auto (default: a mixture of "
+                                       "the scores cuts between two classes cleanly apart, "
+                                       "else every pick is kept), bayes (0.5) or a number in "
+                                       "(0, 1)")
     p.add_argument("--steps", type=int, help="training steps (default 300)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 3e-4)")
     p.add_argument("--train-blocks", type=int, help="last encoder blocks trained (default 1)")

@@ -70,8 +70,9 @@ class FewShotProtPrune(EMProtocol, FewShotProtBase):
         form.addParam("thresholdMode", params.EnumParam, choices=THRESHOLDS, default=0,
                       label="Threshold",
                       help="auto: a two-class mixture of the classifier's scores decides "
-                           "(one class: everything is kept); bayes: probability 0.5; fixed: "
-                           "the value below.")
+                           "where to cut, when the two classes are cleanly apart; one class, "
+                           "or two that overlap: everything is kept. bayes: probability "
+                           "0.5; fixed: the value below.")
         form.addParam("threshold", params.FloatParam, default=0.5,
                       condition="thresholdMode == 2", label="Probability to keep",
                       help="Picks with at least this probability are kept.")
