@@ -18,7 +18,9 @@ model the median candidate score moved by 1.5e-4 and F1 did not change.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
+import threading
 from typing import Callable, NamedTuple
 
 import torch
@@ -188,6 +190,22 @@ def _frozen(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     return out
 
 
+# torch.compile is not thread-safe (pytorch/pytorch#105943, #126024: dynamic shapes in
+# threads), and `pick --device 0,1` runs one thread per device: calls into compiled ops, and
+# the compiles and recompiles they start, go one at a time. The lock covers launching the
+# kernels, not running them on the GPU.
+COMPILED_CALLS = threading.Lock()
+
+
+def one_at_a_time(fn: Callable) -> Callable:
+    """``fn`` behind the process-wide :data:`COMPILED_CALLS` lock."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with COMPILED_CALLS:
+            return fn(*args, **kwargs)
+    return call
+
+
 def compile_embed(encoder: ScoringEncoder) -> ScoringEncoder:
     """Compile the encoder's stream ops (torch.compile, any batch size): each
     pending-bias add becomes one pass with the LayerNorm after it, the products
@@ -196,7 +214,8 @@ def compile_embed(encoder: ScoringEncoder) -> ScoringEncoder:
     its kernels between the products took 13 ms per 1024 ``base`` windows, these
     4.7). Falls back to :meth:`ScoringEncoder.embed_plain`,
     with a warning, where compiling fails (no C compiler for Triton)."""
-    encoder.ops = StreamOps(*(torch.compile(op, dynamic=True) for op in EAGER_OPS))
+    encoder.ops = StreamOps(*(one_at_a_time(torch.compile(op, dynamic=True))
+                              for op in EAGER_OPS))
     s = encoder.cfg.img_size
     try:
         encoder.embed(torch.zeros(8, 1, s, s, device=encoder.cls.device))

@@ -1,7 +1,9 @@
 """Pick many micrographs: shard across devices, survive out-of-memory and bad files.
 
 Each device gets a share of the micrographs and its own copy of the model
-(threads: the heavy work runs in torch, outside the GIL). On CUDA out of
+(threads: the heavy work runs in torch, outside the GIL; with ``--compile`` the
+calls into compiled ops go one at a time, since torch.compile is not
+thread-safe: :func:`~fewshotpicker.models.inference.one_at_a_time`). On CUDA out of
 memory the batch is halved and the micrograph retried; a micrograph that
 cannot be read or picked is reported and the others still finish.
 """

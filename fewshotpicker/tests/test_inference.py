@@ -5,6 +5,8 @@ arithmetic of the re-implemented forward is checked on the CPU in float32.
 """
 import dataclasses
 import logging
+import threading
+import time
 
 import pytest
 import torch
@@ -12,7 +14,8 @@ import torch.nn.functional as F
 from timm.layers import LayerScale
 
 from fewshotpicker.models import inference
-from fewshotpicker.models.inference import EAGER_OPS, ScoringEncoder, compile_embed, scoring_encoder
+from fewshotpicker.models.inference import (EAGER_OPS, ScoringEncoder, compile_embed,
+                                            one_at_a_time, scoring_encoder)
 from fewshotpicker.models.mae import MaskedAutoencoder, build_mae
 
 
@@ -95,3 +98,33 @@ def test_a_failed_compile_falls_back_to_the_eager_encoder(monkeypatch, caplog):
     assert "could not compile the encoder (no C compiler found)" in caplog.text
     assert compiled.ops is None
     torch.testing.assert_close(compiled.embed(imgs), eager(imgs))
+
+
+def _most_at_once(fn, threads: int = 4) -> int:
+    """How many threads were inside ``fn`` at once when ``threads`` call it together."""
+    inside, most, lock = [0], [0], threading.Lock()
+
+    def enter():
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.02)
+        with lock:
+            inside[0] -= 1
+
+    guarded = fn(enter)
+    workers = [threading.Thread(target=guarded) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return most[0]
+
+
+def test_compiled_calls_from_several_threads_go_one_at_a_time(monkeypatch):
+    # pick --device 0,1 runs a thread per device, and torch.compile is not thread-safe
+    assert _most_at_once(lambda f: f) > 1          # unguarded, the threads overlap
+    assert _most_at_once(one_at_a_time) == 1
+    monkeypatch.setattr(inference.torch, "compile", lambda fn, **kwargs: fn)
+    encoder = compile_embed(ScoringEncoder(_model(), torch.float32))
+    assert [op.__wrapped__ for op in encoder.ops] == list(EAGER_OPS)
