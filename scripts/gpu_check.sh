@@ -7,9 +7,12 @@
 #   3. the main job (demo) on the GPU: pretraining, fine-tuning, distillation and both picking
 #      paths, with its scores beside the CPU's in docs/benchmarks.md "On a GPU";
 #   4. with GPU_CHECK_REAL=DIR (DIR/model/model.pt, DIR/mics/*.mrc, DIR/truth.star: a trained
-#      model and real micrographs with labels) and GPU_CHECK_REAL_BOX (their box, px), pick them on the GPU (every window compiled,
-#      the student cascade, and two shards on one GPU) and evaluate each, to set beside the
-#      same commands run on the CPU.
+#      model and real micrographs with labels) and GPU_CHECK_REAL_BOX (their box, px), pick
+#      them on the GPU (every window compiled, the student cascade, and two compiled shards on
+#      one GPU) and evaluate each, to set beside the same commands run on the CPU; then pick
+#      GPU_CHECK_READ (8) noise micrographs of GPU_CHECK_READ_SIZE (5760x4092, float16) with
+#      the student cascade and print the command's wall seconds per micrograph beside the
+#      picking's own (the summary's): the gap is what reading ahead did not hide.
 # Up to seven files go to $OUT (default gpu_check_out/): device.txt, pick_speed.log/.json,
 # train_speed.log, demo.log, demo_report.md and real.log (the runs' own folders stay in /tmp:
 # a device run brings back few files).
@@ -55,7 +58,7 @@ fi
 if [ -n "${GPU_CHECK_REAL:-}" ]; then
     real=${TMPDIR:-/tmp}/fewshot_gpu_check_real
     shards=$DEVICE:0,$DEVICE:0; [ "$DEVICE" = cpu ] && shards=cpu,cpu
-    for run in "every --compile" "student --student 0.4" "shards --device $shards"; do
+    for run in "every --compile" "student --student 0.4" "shards --device $shards --compile"; do
         set -- $run
         name=$1; shift
         dev=(--device "$DEVICE"); [[ "$*" == *--device* ]] && dev=()
@@ -66,5 +69,25 @@ if [ -n "${GPU_CHECK_REAL:-}" ]; then
               --truth "$GPU_CHECK_REAL/truth.star" --box "${GPU_CHECK_REAL_BOX:?}" --micrographs "$GPU_CHECK_REAL"/mics/*.mrc
         } 2>&1 | tee -a "$OUT/real.log" || status=1
     done
+    "$PY" - "$real/large" "${GPU_CHECK_READ:-8}" "${GPU_CHECK_READ_SIZE:-5760x4092}" <<'PYEOF'
+import sys, pathlib, numpy as np, mrcfile
+out, n, (w, h) = pathlib.Path(sys.argv[1]), int(sys.argv[2]), map(int, sys.argv[3].split("x"))
+out.mkdir(parents=True, exist_ok=True)
+for i in range(n):
+    with mrcfile.new(out / f"noise_{i}.mrc", overwrite=True) as m:
+        m.set_data(np.random.default_rng(i).normal(size=(h, w)).astype(np.float16))
+PYEOF
+    { echo "== pick ${GPU_CHECK_READ:-8} noise micrographs of ${GPU_CHECK_READ_SIZE:-5760x4092} (float16), --student 0.4"
+      start=$(date +%s.%N)
+      "$PY" -m fewshotpicker pick --model "$GPU_CHECK_REAL/model" --micrographs "$real"/large/*.mrc \
+          --out "$real/large_picks" --device "$DEVICE" --student 0.4 &&
+      "$PY" - "$real/large_picks/summary.json" "$start" "$(date +%s.%N)" <<'PYEOF'
+import sys, json
+s = json.load(open(sys.argv[1]))
+n = len(s["micrographs"])
+print(f"command wall {(float(sys.argv[3]) - float(sys.argv[2])) / n:.3f} s per micrograph "
+      f"(start-up included); picking {s['seconds_per_micrograph']:.3f} s per micrograph")
+PYEOF
+    } 2>&1 | tee -a "$OUT/real.log" || status=1
 fi
 exit $status
