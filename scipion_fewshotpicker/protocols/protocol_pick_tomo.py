@@ -44,7 +44,7 @@ class FewShotProtPickTomo(ProtTomoPicking, FewShotProtBase):
                       help="Yes: learn from unlabelled regions too, with pseudo-labels from "
                            "an averaged teacher (measured better with one label per species, "
                            "level with No at two per species). No: train on the labels "
-                           "alone, about half the training time.")
+                           "alone, in less than half the training time.")
         form.addParam("modelSize", params.EnumParam, choices=MODEL_SIZES, default=1,
                       label="Network width",
                       help="tiny (8 channels) runs on a CPU; small (16) and base (32) need a "
