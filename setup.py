@@ -40,8 +40,9 @@ setup(
     install_requires=ENGINE,
     extras_require={
         "scipion": SCIPION,
-        # scipion-em-relion: STAR coordinate import/export in the Scipion project tests
-        "test": SCIPION + ["scipion-em-relion>=4", "pytest>=7"],
+        # scipion-em-relion: STAR coordinate import/export in the Scipion project tests;
+        # setuptools: the installb test builds this checkout's wheel offline
+        "test": SCIPION + ["scipion-em-relion>=4", "pytest>=7", "setuptools>=64"],
     },
     entry_points={
         "console_scripts": ["fewshotpicker = fewshotpicker.cli.main:main"],

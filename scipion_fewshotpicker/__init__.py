@@ -2,7 +2,8 @@
 
 The plugin never imports torch: its protocols write a ``config.json`` and run
 the engine as a subprocess through :meth:`Plugin.runEngine`, in the
-environment named by ``FEWSHOTPICKER_ENV_ACTIVATION`` (default: Scipion's own).
+environment named by ``FEWSHOTPICKER_ENV_ACTIVATION``, else the one that
+``scipion3 installb fewshotpicker`` made, else Scipion's own.
 """
 import os
 import shlex
@@ -11,7 +12,8 @@ import sys
 import pwem
 import pyworkflow.utils as pwutils
 
-from .constants import DEFAULT_ENV_ACTIVATION, ENGINE_PROGRAM, FEWSHOTPICKER_ENV_ACTIVATION
+from .constants import (DEFAULT_ENV_ACTIVATION, ENGINE_INSTALLED, ENGINE_PACKAGE,
+                        ENGINE_PROGRAM, ENGINE_VENV, FEWSHOTPICKER_ENV_ACTIVATION)
 
 __version__ = "0.1.0"
 _logo = ""
@@ -31,8 +33,22 @@ class Plugin(pwem.Plugin):
 
     @classmethod
     def getActivation(cls):
-        """The shell command that activates the engine's environment ('' = this one)."""
-        return (cls.getVar(FEWSHOTPICKER_ENV_ACTIVATION) or "").strip()
+        """The shell command that activates the engine's environment: the variable's when
+        set; else that of the environment ``scipion3 installb fewshotpicker`` made, once
+        its installation finished; else '' (Scipion's own environment)."""
+        chosen = (cls.getVar(FEWSHOTPICKER_ENV_ACTIVATION) or "").strip()
+        if chosen:
+            return chosen
+        home = cls.getEngineEnvHome()
+        if os.path.exists(os.path.join(home, ENGINE_INSTALLED)):
+            return ". " + shlex.quote(os.path.join(home, ENGINE_VENV, "bin", "activate"))
+        return ""
+
+    @classmethod
+    def getEngineEnvHome(cls):
+        """The folder ``scipion3 installb fewshotpicker`` installs into:
+        ``EM_ROOT/fewshotpicker-<version>``."""
+        return os.path.join(pwem.Config.EM_ROOT, f"{ENGINE_PACKAGE}-{__version__}")
 
     @classmethod
     def getEngineProgram(cls, processes=1):
@@ -106,8 +122,40 @@ class Plugin(pwem.Plugin):
         protocol.runJob(cls.getEngineProgram(len(gpus or [])), args,
                         env=cls.getEnviron(gpus), cwd=cwd, numberOfMpi=1, numberOfThreads=1)
 
+    @staticmethod
+    def engineInstallCommand(python, source, pipOptions=""):
+        """The shell line that installs the engine into ``./venv`` of the current folder.
+
+        ``python``: the interpreter that makes the venv (Scipion's, 3.9-3.12);
+        ``source``: what pip installs (this plugin's source folder as ``-e DIR``, a
+        wheel, or a requirement). The marker file is written only after the engine in
+        the new venv has answered, so an installation that failed half way is not used
+        and ``installb`` tries again.
+        """
+        venv = os.path.join(ENGINE_VENV, "bin", "python")
+        steps = [f"{shlex.quote(python)} -m venv {ENGINE_VENV}",
+                 " ".join(filter(None, [venv, "-m pip install", pipOptions, source])),
+                 f"{venv} -m {ENGINE_PACKAGE} --version",
+                 f"touch {ENGINE_INSTALLED}"]
+        return " && ".join(steps)
+
+    @staticmethod
+    def engineSource():
+        """What ``installb`` installs: this plugin's own source folder (editable) when it is
+        a checkout (``installp --devel``), else this version from the package index."""
+        folder = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if os.path.exists(os.path.join(folder, "setup.py")):
+            return "-e " + shlex.quote(folder)
+        return f"scipion-em-fewshotpicker=={__version__}"
+
     @classmethod
     def defineBinaries(cls, env):
-        """Nothing to build: the engine is a Python package installed with this plugin
-        (``pip install scipion-em-fewshotpicker``), or in a separate environment that
-        ``FEWSHOTPICKER_ENV_ACTIVATION`` activates."""
+        """``scipion3 installb fewshotpicker``: a venv beside the other EM packages holding
+        the engine and its torch (pip's default Linux wheel, built for CUDA), which the
+        protocols then use (see :meth:`getActivation`). Optional: the plugin's own
+        installation already puts the engine into Scipion's environment; this keeps its
+        torch and numpy apart from the packages Scipion pins."""
+        env.addPackage(ENGINE_PACKAGE, version=__version__, tar="void.tgz",
+                       commands=[(cls.engineInstallCommand(sys.executable, cls.engineSource()),
+                                  ENGINE_INSTALLED)],
+                       neededProgs=[], default=False)

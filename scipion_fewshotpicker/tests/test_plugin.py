@@ -168,3 +168,74 @@ def test_pretraining_on_several_gpus_runs_the_engine_once_per_gpu_under_torchrun
     assert run.returncode == 0, run.stderr[-2000:]
     assert "2 processes" in run.stderr
     assert (tmp_path / "pre" / "model.pt").exists()
+
+
+class RecordingEnv:
+    """Stands in for scipion-app's install Environment: records ``addPackage`` calls."""
+    def __init__(self):
+        self.packages = []
+
+    def addPackage(self, name, **kwargs):
+        self.packages.append((name, kwargs))
+
+
+def build_wheel(tmp_path):
+    """This checkout's distribution as a wheel (no network): ``tmp_path/wheels/*.whl``."""
+    import shutil
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("setup.py", "README.md"):
+        shutil.copy(os.path.join(root, name), src / name)
+    for name in ("fewshotpicker", "scipion_fewshotpicker"):
+        shutil.copytree(os.path.join(root, name), src / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index",
+                    "--no-build-isolation", "-w", str(tmp_path / "wheels"), str(src)],
+                   check=True)
+    (wheel,) = (tmp_path / "wheels").glob("*.whl")
+    return root, wheel
+
+
+def test_installb_makes_a_venv_that_the_protocols_use_only_once_it_works(tmp_path, monkeypatch):
+    import glob
+    import subprocess
+    from scipion_fewshotpicker import Plugin, __version__
+    from scipion_fewshotpicker.constants import ENGINE_INSTALLED, FEWSHOTPICKER_ENV_ACTIVATION
+    monkeypatch.setattr(pwem.Config, "EM_ROOT", str(tmp_path / "em"))
+    root, wheel = build_wheel(tmp_path)
+    env = RecordingEnv()
+    Plugin.defineBinaries(env)
+    ((name, kw),) = env.packages
+    assert (name, kw["version"], kw["tar"], kw["default"]) == (
+        "fewshotpicker", __version__, "void.tgz", False)
+    ((command, target),) = kw["commands"]
+    assert target == ENGINE_INSTALLED
+    assert command.startswith(f"{sys.executable} -m venv venv && venv/bin/python -m pip "
+                              f"install -e {root} && ")  # a checkout installs editable
+
+    # scipion3 installb runs the command in EM_ROOT/fewshotpicker-<version>; here offline,
+    # with this checkout's wheel and without its dependencies, so the engine cannot answer
+    home = Plugin.getEngineEnvHome()
+    assert home == str(tmp_path / "em" / f"fewshotpicker-{__version__}")
+    os.makedirs(home)
+    command = Plugin.engineInstallCommand(sys.executable, str(wheel), "--no-index --no-deps")
+    done = subprocess.run(command, shell=True, cwd=home, capture_output=True, text=True)
+    assert done.returncode != 0 and "No module named" in done.stderr
+    assert glob.glob(os.path.join(home, "venv/lib/python*/site-packages/fewshotpicker/cli"))
+    assert not os.path.exists(os.path.join(home, ENGINE_INSTALLED))
+    assert Plugin.getActivation() == ""  # a half-made installation is not used
+
+    open(os.path.join(home, ENGINE_INSTALLED), "w").close()  # as if the engine had answered
+    activation = Plugin.getActivation()
+    assert activation == f". {home}/venv/bin/activate"
+    assert Plugin.getEngineProgram() == f"{activation} && fewshotpicker"
+    shell = f"{activation} && command -v fewshotpicker && python -c 'import sys; print(sys.prefix)'"
+    monkeypatch.setenv("PYTHONPATH", root)
+    found = subprocess.run(shell, shell=True, env=Plugin.getEnviron(), capture_output=True,
+                           text=True, check=True).stdout.split()
+    assert found == [f"{home}/venv/bin/fewshotpicker", f"{home}/venv"]
+    assert "PYTHONPATH" not in Plugin.getEnviron()  # Scipion's packages would shadow the venv's
+    monkeypatch.setitem(Plugin._vars, FEWSHOTPICKER_ENV_ACTIVATION, "conda activate mine")
+    assert Plugin.getActivation() == "conda activate mine"  # the user's choice comes first
