@@ -236,6 +236,8 @@ class TrainConfig:
     highpass: float = 4.0
     lowpass: float = 0.03
     film_edges: bool = True           # background per side of a carbon-film edge (data.film)
+    pixel_size: float = 0.0           # Å/px of the micrographs, recorded for pick (0 = the headers'
+                                      # of those holding exemplars)
     checkpoint_every: int = 100
     device: str = "auto"
     compile: bool = False
@@ -268,6 +270,10 @@ class PickConfig:
     k: int = 10                       # neighbours of the density cutoff
     quantile: float = 0.9             # global quantile of candidate scores when threshold=quantile
     exclude_border: float = 0.0       # px kept free at the edges
+    pixel_size: float = 0.0           # Å/px of these micrographs (0 = each header's, only compared
+                                      # with the model's); given and more than 2% from the model's,
+                                      # they are picked at the model's scale (its box rescaled)
+    model_pixel_size: float = 0.0     # Å/px the model was trained at (0 = as its checkpoint records)
     edge_windows: bool = False        # also windows centred up to the edges (image extended by
                                       # reflection); False: only windows wholly inside
     batch_size: int = 0               # windows per encoder batch (0 = 1024 on a GPU, 128 on a CPU; shrinks on out-of-memory)

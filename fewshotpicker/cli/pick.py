@@ -26,7 +26,8 @@ FLAGS = {"model": "model", "stride": "stride", "coarse": "coarse", "student": "s
          "max_contrast": "max_contrast", "surround": "surround", "max_overlap": "max_overlap",
          "crowded": "crowded",
          "threshold": "threshold", "k": "k", "quantile": "quantile",
-         "exclude_border": "exclude_border", "edge_windows": "edge_windows",
+         "exclude_border": "exclude_border", "pixel_size": "pixel_size",
+         "model_pixel_size": "model_pixel_size", "edge_windows": "edge_windows",
          "batch_size": "batch_size", "device": "device",
          "precision": "precision", "compile": "compile", "plots": "plots",
          "candidates": "candidates"}
@@ -97,6 +98,16 @@ def add_parser(sub) -> None:
     p.add_argument("--k", type=int, help="neighbours of the density cutoff (default 10)")
     p.add_argument("--quantile", type=float, help="with --threshold quantile (default 0.9)")
     p.add_argument("--exclude-border", type=float, help="px kept free at the edges")
+    p.add_argument("--pixel-size", dest="pixel_size", type=float,
+                   help="Å per pixel of these micrographs (default: each header's, only "
+                        "compared with the model's, with a warning when they differ). Given "
+                        "and more than 2%% from the pixel size the model was trained at, the "
+                        "micrographs are picked at the model's scale: its box, and with it "
+                        "the windows, stride and distances, rescaled to these pixels; "
+                        "coordinates stay in these micrographs' pixels")
+    p.add_argument("--model-pixel-size", dest="model_pixel_size", type=float,
+                   help="Å per pixel of the micrographs the model was trained on (default: "
+                        "what the model records; for a model that records none)")
     p.add_argument("--edge-windows", dest="edge_windows", action="store_const", const=True,
                    help="also score windows centred within half a box of an edge, the "
                         "micrograph extended by reflection (as training extends exemplars "
@@ -155,6 +166,11 @@ def refuse_bad_settings(cfg: PickConfig) -> None:
     if not 0 <= cfg.max_overlap <= 1:  # also refuses nan
         raise InputError(f"--max-overlap {cfg.max_overlap}: must be 0 (off) or a share of the "
                          f"picks up to 1 (0.01 by default).")
+    for flag, value in (("--pixel-size", cfg.pixel_size),
+                        ("--model-pixel-size", cfg.model_pixel_size)):
+        if not value >= 0:  # also refuses nan
+            raise InputError(f"{flag} {value}: must be a pixel size in Å (more than 0), or 0 "
+                             f"for the default.")
     if not cfg.exclude_border >= 0:  # also refuses nan
         raise InputError(f"--exclude-border {cfg.exclude_border}: must be 0 (no margin) or more "
                          f"pixels.")

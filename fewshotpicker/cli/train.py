@@ -23,7 +23,8 @@ FLAGS = {"box": "box", "model": "model", "pretrained": "pretrained", "steps": "s
          "input_size": "input_size",
          "exemplars_per_step": "exemplars_per_step",
          "scs_features": "scs_features", "checkpoint_every": "checkpoint_every",
-         "film_edges": "film_edges", "device": "device", "compile": "compile", "seed": "seed"}
+         "film_edges": "film_edges", "pixel_size": "pixel_size", "device": "device",
+         "compile": "compile", "seed": "seed"}
 
 
 def add_parser(sub) -> None:
@@ -70,6 +71,11 @@ def add_parser(sub) -> None:
                    help="with more exemplars than this, each step trains on this many drawn "
                         "afresh (default 64), so that a step's cost stays bounded; 0 = all "
                         "of them every step")
+    p.add_argument("--pixel-size", dest="pixel_size", type=float,
+                   help="Å per pixel of these micrographs, recorded in the model so that 'pick "
+                        "--pixel-size' can pick micrographs of another pixel size at the "
+                        "model's scale (default: the median that the headers of the "
+                        "micrographs holding exemplars state; none if they state none)")
     p.add_argument("--scs-features", choices=["unmasked", "masked"],
                    help="features the SCS loss compares (default unmasked, as in picking)")
     add_training_arguments(p, compile_help="torch.compile the model")

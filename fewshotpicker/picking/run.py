@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
@@ -91,10 +92,29 @@ def warn_pixel_size(image: Optional[float], model: Optional[float], path: Path,
     if not pixel_size_mismatch(image, model):
         return False
     log.warning("%s: pixel size %.3f Å, but the model was trained on micrographs of %.3f Å, so "
-                "a particle spans %.0f px here, not the model's %.0f; pick micrographs at the "
-                "training pixel size or train again (further such micrographs are not named)",
-                path, image, model, box * model / image, box)
+                "a particle spans %.0f px here, not the model's %.0f; if the header is right, "
+                "pick with --pixel-size %.3f to pick at the model's scale (further such "
+                "micrographs are not named)", path, image, model, box * model / image, box, image)
     return True
+
+
+def rescaled_preprocess(pre: Preprocess, pixel_size: float, model: Optional[float],
+                        source: str) -> Preprocess:
+    """The preparation for micrographs of ``pixel_size`` Å (0: as the model's): with the
+    model's pixel size known and more than 2% away, its box rescaled to these pixels
+    (``box * model / pixel_size``), so that each window covers the same area in Å as in
+    training; the stride, distances and edges, all in boxes or derived from the box, follow."""
+    if not pixel_size or not pixel_size_mismatch(pixel_size, model):
+        if pixel_size and not model:
+            log.warning("%s records no pixel size (its training micrographs' headers stated "
+                        "none), so --pixel-size %.3f cannot rescale it: picking with its box "
+                        "of %.0f px; give --model-pixel-size, or train with --pixel-size to "
+                        "record one", source, pixel_size, pre.box)
+        return pre
+    scaled = replace(pre, box=pre.box * model / pixel_size)
+    log.info("micrographs at %.3f Å/px, the model trained at %.3f: picking at the model's scale, "
+             "a box of %.1f px here (the model's %.0f)", pixel_size, model, scaled.box, pre.box)
+    return scaled
 
 
 def read_ahead(paths: List[Path], read: Callable) -> Iterator[tuple]:
@@ -114,7 +134,9 @@ def _worker(model_path: str, device: torch.device, paths: List[Path], cfg: PickC
             results: Dict[str, object], tick: Callable, log_failures: bool = True) -> None:
     model, payload = load_mae(model_path, device, kinds=["finetuned"])
     model = scoring_encoder(model, device, cfg.precision, cfg.compile)
-    pre = Preprocess(**payload["preprocess"])
+    model_pixel_size = cfg.model_pixel_size or payload.get("pixel_size")
+    pre = rescaled_preprocess(Preprocess(**payload["preprocess"]), cfg.pixel_size,
+                              model_pixel_size, model_path)
     bank = Bank.from_payload(payload, device)
     if cfg.max_contrast > 0 and bank.contrast_limit(cfg.max_contrast) is None:
         log.warning("%s holds no exemplar contrast (trained by an older version): peaks are not "
@@ -127,8 +149,8 @@ def _worker(model_path: str, device: torch.device, paths: List[Path], cfg: PickC
         try:
             start = time.perf_counter()
             mrc = reading.result()
-            warned = warned or warn_pixel_size(mrc.pixel_size, payload.get("pixel_size"), path,
-                                               pre.box)
+            warned = warned or bool(cfg.pixel_size) or warn_pixel_size(
+                mrc.pixel_size, model_pixel_size, path, pre.box)
             image = mrc.data
             cands, batch = pick_with_retry(model, bank, image, pre, cfg, device, batch, student)
             cands.seconds = time.perf_counter() - start

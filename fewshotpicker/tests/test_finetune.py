@@ -312,3 +312,50 @@ def test_a_run_saved_before_exemplars_per_step_and_student_precision_existed_res
     with pytest.raises(InputError, match="--student-precision is 'fp16'; it must be one of"):
         finetune(replace(cfg, student_precision="fp16"), mics[:1], exemplars, tmp_path / "p")
     assert not (tmp_path / "p").exists()       # refused before any work
+
+
+def near_share(a, b, reach: float) -> float:
+    """Share of the points ``a`` ``(n, 2)`` px with a point of ``b`` within ``reach`` px."""
+    from scipy.spatial import cKDTree
+    if not len(a) or not len(b):
+        return 0.0
+    return float(np.mean(cKDTree(b).query(a)[0] <= reach))
+
+
+def test_micrographs_at_another_pixel_size_are_picked_at_the_models_scale_when_it_is_given(
+        trained, crowded, tmp_path, capsys):
+    from fewshotpicker.io.mrc import read_image, write_mrc
+    out, meta, mics = crowded
+    model_dir, _ = trained
+    image = read_image(mics[2])
+    assert image.pixel_size == pytest.approx(5.0)
+    box = float(meta["box_px"])
+    fine = write_mrc(tmp_path / "fine" / mics[2].name, np.kron(image.data, np.ones((2, 2))),
+                     pixel_size=2.5)  # each pixel split in four: pixel x is 2x + 0.5 there
+    h, w = image.data.shape
+    binned = write_mrc(tmp_path / "binned" / mics[2].name,
+                       image.data.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3)), pixel_size=10.0)
+
+    def pick(micrograph, name, *flags):
+        assert main(["pick", "--model", str(model_dir), "--micrographs", str(micrograph),
+                     "--out", str(tmp_path / name), "--device", "cpu", *flags]) == 0
+        return read_coordinates(tmp_path / name / "autopick.star")[["x", "y"]].to_numpy()
+
+    native = pick(mics[2], "native")
+    assert len(native) > 10 and "pixel size" not in capsys.readouterr().err
+    rescaled = (pick(fine, "rescaled", "--pixel-size", "2.5") - 0.5) / 2
+    assert f"a box of {2 * box:.1f} px here (the model's {box:.0f})" in capsys.readouterr().err
+    as_trained = (pick(fine, "as_trained") - 0.5) / 2
+    assert "pick with --pixel-size 2.500" in capsys.readouterr().err  # the header says so
+    # the same picks, where the model's box of micrograph pixels would see a quarter of a particle
+    assert near_share(native, rescaled, box / 8) > 0.8 and near_share(rescaled, native, box / 8) \
+        > 0.8, (len(native), len(rescaled))
+    assert near_share(native, as_trained, box / 8) < 0.5
+    # binned micrographs lose detail but are picked where the particles are, and at their scale
+    truth = read_coordinates(out / "truth.star")
+    truth = truth[truth["micrograph"].map(lambda m: m.endswith(mics[2].name))][["x", "y"]]
+    half = (truth.to_numpy() - 0.5) / 2  # bin centres: pixels 2x and 2x + 1 become x
+    found = near_share(half, pick(binned, "binned", "--pixel-size", "10"), box / 8)
+    missed = near_share(half, pick(binned, "binned_as_trained"), box / 8)
+    assert found > near_share(truth.to_numpy(), native, box / 4) - 0.2 and found > missed + 0.2, \
+        (found, missed)

@@ -445,6 +445,32 @@ def test_micrographs_at_another_pixel_size_than_the_training_ones_are_flagged(tm
     assert all(isinstance(r, Candidates) for r in results.values())  # a warning, not a refusal
 
 
+def test_a_given_pixel_size_rescales_the_models_box_when_the_models_is_known(tmp_path, caplog):
+    from dataclasses import replace
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "model" / "model.pt",
+                    model_payload(build_mae("micro"), "finetuned", Preprocess(box=24, img_size=32),
+                                  {}, bank=torch.randn(8, 64), pixel_size=None))
+    mics = [write_mrc(tmp_path / "m.mrc", np.random.default_rng(0).normal(size=(96, 96)),
+                      pixel_size=4.0)]
+    cfg = PickConfig(model=str(tmp_path / "model"), device="cpu", pixel_size=4.0)
+
+    def box(cfg):
+        (cands,) = pick_run.score_all(cfg, mics).values()
+        return cands.box
+
+    with caplog.at_level("INFO", logger="fewshotpicker"):
+        assert box(cfg) == 24  # the model records no pixel size: nothing to rescale against
+        assert "records no pixel size (its training micrographs' headers stated none), so " \
+               "--pixel-size 4.000 cannot rescale it" in caplog.text
+        caplog.clear()
+        assert box(replace(cfg, model_pixel_size=2.0)) == pytest.approx(12.0)
+        assert "micrographs at 4.000 Å/px, the model trained at 2.000: picking at the model's " \
+               "scale, a box of 12.0 px here (the model's 24)" in caplog.text
+        assert "pixel size 4.000 Å, but" not in caplog.text  # given, so not warned about
+        assert box(replace(cfg, model_pixel_size=3.95)) == 24  # within 2 %
+
+
 def test_micrographs_with_unusually_many_or_few_picks_are_flagged(tmp_path):
     counts = np.array([100, 104, 98, 101, 97, 99, 300, 2, 103])
     np.testing.assert_array_equal(unusual_counts(counts), [6, 7])

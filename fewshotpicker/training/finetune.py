@@ -252,6 +252,9 @@ def check_settings(cfg: TrainConfig, n_exemplars: int, source: str) -> None:
     if cfg.student_precision not in PRECISIONS:
         raise InputError(f"--student-precision is {cfg.student_precision!r}; it must be one of "
                          f"{', '.join(PRECISIONS)}.")
+    if not cfg.pixel_size >= 0:  # also refuses nan
+        raise InputError(f"--pixel-size {cfg.pixel_size}: must be the micrographs' pixel size "
+                         f"in Å (more than 0), or 0 to read it from their headers.")
     if cfg.pooling and cfg.pooling not in ("mean", "cls"):
         raise InputError(f"Pooling {cfg.pooling!r} is not 'mean' or 'cls'.")
     if n_exemplars < MIN_EXEMPLARS:
@@ -332,7 +335,8 @@ def finetune(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame,
                                                         n_exemplars=len(exemplars),
                                                         exemplar_contrast=contrast,
                                                         student=student,
-                                                        pixel_size=training_pixel_size(
-                                                            micrographs, exemplars)))
+                                                        pixel_size=cfg.pixel_size or
+                                                        training_pixel_size(micrographs,
+                                                                            exemplars)))
     return {"steps": cfg.steps, "exemplars": int(len(exemplars)), "bank": int(len(bank)),
             "final_loss": history[-1]["loss"], "device": str(device), **stats}

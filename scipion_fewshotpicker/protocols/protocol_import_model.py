@@ -25,7 +25,9 @@ class FewShotProtImportModel(EMProtocol, FewShotProtBase):
                       help="A folder written by pretrain/train (holding model.pt), "
                            "or the model.pt file itself.")
         form.addParam("samplingRate", params.FloatParam, default=0.0, label="Pixel size (Å/px)",
-                      help="Of the micrographs the model was trained on (0 = unknown).")
+                      help="Of the micrographs the model was trained on; 0 = what the model "
+                           "records (unknown if it records none). Picking micrographs of "
+                           "another pixel size rescales the model's box to them.")
 
     def _insertAllSteps(self):
         self._insertFunctionStep(self.importStep.__name__)
@@ -48,7 +50,8 @@ class FewShotProtImportModel(EMProtocol, FewShotProtBase):
             info = json.load(fh)
         model = FewShotModel(path=self._modelFolder(), kind=info["kind"], modelSize=info["size"],
                              boxSize=int(round(info["box"])),
-                             samplingRate=self.samplingRate.get())
+                             samplingRate=self.samplingRate.get() or info.get("pixel_size")
+                             or 0.0)
         self._defineOutputs(outputModel=model)
 
     def _validate(self):

@@ -23,8 +23,9 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
     """Pick particles: every window of each micrograph is scored against the exemplar
     bank of a fine-tuned model (FewShotProtTrain), peaks at least a particle radius
     apart are kept above a cutoff chosen per micrograph. Works in streaming: new
-    micrographs are picked in batches as they arrive. The figure of merit travels
-    to RELION and cryoSPARC with the coordinates.
+    micrographs are picked in batches as they arrive. Micrographs of another pixel
+    size than the model's are picked at the model's scale (its box rescaled to them).
+    The figure of merit travels to RELION and cryoSPARC with the coordinates.
     """
     _label = "pick"
 
@@ -153,7 +154,19 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
 
     # --------------------------- steps ---------------------------------------
     def getBoxSize(self):
-        return self.inputModel.get().getBoxSize()
+        """The model's box in pixels of these micrographs: rescaled when the two pixel sizes
+        are known and more than 2% apart (the engine then picks at the model's scale)."""
+        model = self.inputModel.get()
+        return int(round(model.getBoxSize() * self._modelScale()))
+
+    def _modelScale(self):
+        """Micrograph pixels per model pixel: the model's pixel size over these
+        micrographs' (1 when either is unknown or they lie within 2%)."""
+        model, mine = self.inputModel.get().getSamplingRate(), \
+            self.getInputMicrographs().getSamplingRate()
+        if not model or not mine or abs(mine - model) <= 0.02 * model:
+            return 1.0
+        return model / mine
 
     def _createSetOfCoordinates(self, micSet, suffix=""):
         coordSet = ProtParticlePickingAuto._createSetOfCoordinates(self, micSet, suffix=suffix)
@@ -205,6 +218,8 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
                 "crowded": self.crowded.get(),
                 "edge_windows": self.edgeWindows.get(),
                 "exclude_border": self.excludeBorder.get(),
+                "pixel_size": self.getInputMicrographs().getSamplingRate() or 0.0,
+                "model_pixel_size": self.inputModel.get().getSamplingRate() or 0.0,
                 "threshold": str(self.threshold.get()) if mode == "fixed" else mode,
                 "batch_size": self.batchSize.get(), "device": self.getDeviceSpec(),
                 "compile": self.compileEncoder.get(), "plots": True}
@@ -299,17 +314,13 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
                           f"fine-tuned one (FewShotProtTrain).")
         if mics is not None and mics.getSize():
             x, y, _ = mics.getDim() or (0, 0, 0)
-            if x and model.getBoxSize() > min(x, y):
-                errors.append(f"The model's box ({model.getBoxSize()} px) is larger than the "
-                              f"micrographs ({x} x {y} px).")
+            if x and self.getBoxSize() > min(x, y):
+                errors.append(f"The model's box ({self.getBoxSize()} px here) is larger than "
+                              f"the micrographs ({x} x {y} px).")
             if x and not 0 <= self.excludeBorder.get() < min(x, y) / 2:
                 errors.append(f"Keep picks from the edges: {self.excludeBorder.get()} px must "
                               f"be 0 or more and leave room inside the {x} x {y} px "
                               f"micrographs.")
-            sr = model.getSamplingRate()
-            if sr and abs(mics.getSamplingRate() - sr) > 0.02 * sr:
-                errors.append(f"The model was trained at {sr:.3f} Å/px, the micrographs are "
-                              f"at {mics.getSamplingRate():.3f} Å/px; train on this pixel size.")
         return errors
 
     def _summary(self):
@@ -318,6 +329,11 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
         coords = self.outputCoordinates
         lines = [f"{coords.getSize()} particles picked, box {coords.getBoxSize()} px, "
                  f"cutoff {THRESHOLDS[self.thresholdMode.get()]}."]
+        if self._modelScale() != 1.0:
+            lines.append(f"Picked at the model's scale: it was trained at "
+                         f"{self.inputModel.get().getSamplingRate():.3f} Å/px, these "
+                         f"micrographs are at {self.getInputMicrographs().getSamplingRate():.3f}"
+                         f" Å/px.")
         dropped = self.droppedForContrast()
         if dropped:
             lines.append(f"{dropped} score peaks dropped as more contrasted than "

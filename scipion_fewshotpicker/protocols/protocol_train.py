@@ -108,6 +108,7 @@ class FewShotProtTrain(ProtParticlePicking, FewShotProtBase):
                   "input_size": self.inputSize.get(),
                   "exemplars_per_step": self.exemplarsPerStep.get(),
                   "student_precision": STUDENT_PRECISIONS[self.studentPrecision.get()],
+                  "pixel_size": self.getInputMicrographs().getSamplingRate() or 0.0,
                   "device": self.getDeviceSpec(single=True),
                   "seed": self.seed.get()}
         if self.inputModel.get() is not None:

@@ -173,6 +173,35 @@ class TestFewShotWorkflow(BaseTest):
         f1 = {"full": self._f1(self.pick), "cascade": self._f1(cascade)}
         self.assertGreater(f1["cascade"], max(0.6, f1["full"] - 0.05), f1)
 
+    def test_micrographs_at_half_the_pixel_size_are_picked_at_the_models_scale(self):
+        from fewshotpicker.io.mrc import read_image, write_mrc
+        fine = self.getOutputPath("fine")
+        for mic in self.mics:  # each pixel split in four: pixel x is 2x + 0.5 there
+            write_mrc(os.path.join(fine, os.path.basename(mic.getFileName())),
+                      np.kron(read_image(mic.getFileName()).data, np.ones((2, 2))),
+                      pixel_size=SIM.pixel_size / 2)
+        imported = self.newProtocol(ProtImportMicrographs, filesPath=fine,
+                                    filesPattern="mic_*.mrc", samplingRate=SIM.pixel_size / 2,
+                                    voltage=300.0, sphericalAberration=2.7,
+                                    amplitudeContrast=0.07)
+        self.launchProtocol(imported)
+        mics = imported.outputMicrographs
+        picked = self._launch(FewShotProtPick, inputMicrographs=mics,
+                              inputModel=self.train.outputModel, scoring=2, useGpu=False)
+        with open(picked._getExtraPath("pick.json")) as fh:
+            config = json.load(fh)
+        self.assertEqual((config["pixel_size"], config["model_pixel_size"]),
+                         (SIM.pixel_size / 2, SIM.pixel_size))
+        box = 2 * self.meta["box_px"]
+        self.assertEqual(picked.outputCoordinates.getBoxSize(), box)
+        self.assertIn("Picked at the model's scale", " ".join(picked.summary()))
+        picks = coordinates_table(picked.outputCoordinates, mics)
+        truth = self.truth.assign(x=2 * self.truth["x"] + 0.5, y=2 * self.truth["y"] + 0.5)
+        f1 = evaluate_all(picks, truth, box, ("cryomae",),
+                          micrographs=[m.getFileName() for m in mics])[
+            "conventions"]["cryomae"]["pooled"]["f1"]
+        self.assertGreater(f1, max(0.6, self._f1(self.pick) - 0.1), f1)
+
     def test_picks_keep_the_asked_distance_from_the_edges(self):
         wide = self.newProtocol(FewShotProtPick, excludeBorder=200.0, useGpu=False)
         wide.inputMicrographs.set(self.mics)
