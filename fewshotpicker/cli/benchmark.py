@@ -56,7 +56,9 @@ def add_parser(sub) -> None:
                                           "tomo", "tomo-memory", "pick-speed"])
     p.add_argument("--model", choices=sorted(MODEL_SIZES), default="tiny",
                    help="MAE size (default tiny); picking and pruning pretrain one per data "
-                        "set and keep each size's runs in their own folders")
+                        "set and keep each size's runs in their own folders; tomo and "
+                        "tomo-memory: the U-Net width (tiny, small or base; tiny by default, "
+                        "where pick3d defaults to small)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch", type=int, default=None,
                    help="train-speed: regions per step (128); pick-speed: windows per encoder "

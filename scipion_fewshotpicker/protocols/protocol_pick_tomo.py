@@ -42,9 +42,11 @@ class FewShotProtPickTomo(ProtTomoPicking, FewShotProtBase):
         form.addParam("semi", params.BooleanParam, default=True,
                       label="Teacher-student (pseudo-labels)?",
                       help="Yes: learn from unlabelled regions too, with pseudo-labels from "
-                           "an averaged teacher (measured better with one label per species, "
-                           "level with No at two per species). No: train on the labels "
-                           "alone, in less than half the training time.")
+                           "an averaged teacher; measured better with one label per species "
+                           "(F1 +0.10 over three draws, tiny network). With two per species "
+                           "it was level with No for the small network and 0.18 behind for "
+                           "the tiny one (one draw each; docs/benchmarks.md). No: train on "
+                           "the labels alone, in less than half the training time.")
         form.addParam("modelSize", params.EnumParam, choices=MODEL_SIZES, default=1,
                       label="Network width",
                       help="tiny (8 channels) runs on a CPU; small (16) and base (32) need a "
