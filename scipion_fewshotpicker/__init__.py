@@ -130,10 +130,12 @@ class Plugin(pwem.Plugin):
         ``source``: what pip installs (this plugin's source folder as ``-e DIR``, a
         wheel, or a requirement). The marker file is written only after the engine in
         the new venv has answered, so an installation that failed half way is not used
-        and ``installb`` tries again.
+        and ``installb`` tries again. Scipion's ``PYTHONPATH`` is dropped first: through
+        it pip would find the dependencies already installed, and the engine would answer
+        here and then fail where the protocols run it (without that path).
         """
         venv = os.path.join(ENGINE_VENV, "bin", "python")
-        steps = [f"{shlex.quote(python)} -m venv {ENGINE_VENV}",
+        steps = ["unset PYTHONPATH", f"{shlex.quote(python)} -m venv {ENGINE_VENV}",
                  " ".join(filter(None, [venv, "-m pip install", pipOptions, source])),
                  f"{venv} -m {ENGINE_PACKAGE} --version",
                  f"touch {ENGINE_INSTALLED}"]

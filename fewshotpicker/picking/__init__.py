@@ -1,1 +1,2 @@
-"""Picking: peak finding, the DoG baseline, and (later) batched window scoring."""
+"""Picking: batched window scoring, peaks, per-micrograph cutoffs, the student cascade, the run
+over many micrographs and devices, and the DoG baseline."""

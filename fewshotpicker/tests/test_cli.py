@@ -1,5 +1,6 @@
 """The command line, run in-process on toy data: outputs, run records, and bad input."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -227,3 +228,15 @@ def test_expand_images_takes_folders_globs_and_odd_names_once(tmp_path):
     empty.mkdir()
     with pytest.raises(InputError, match=f"No tomograms found for {empty}"):
         expand_images([str(tmp_path / "a.mrc"), str(empty)], "tomograms")
+
+
+def test_every_folder_of_modules_is_a_package_that_a_wheel_includes():
+    """A folder without ``__init__.py`` works in an editable install and is left out of a wheel
+    (as ``models/`` was until session 38: a non-editable install could not start)."""
+    from setuptools import find_packages
+    root = Path(__file__).resolve().parents[2]
+    packages = set(find_packages(str(root), exclude=["build", "dist"]))
+    folders = {".".join(py.parent.relative_to(root).parts)
+               for top in ("fewshotpicker", "scipion_fewshotpicker")
+               for py in (root / top).rglob("*.py") if "__pycache__" not in py.parts}
+    assert "fewshotpicker.models" in folders and folders <= packages, folders - packages
