@@ -42,9 +42,9 @@ def add_parser(sub) -> None:
                         "labelled particles, in every view (0.4)")
     p.add_argument("--supervised-only", dest="semi", action="store_const", const=False,
                    help="train on the labels alone (no teacher, no pseudo-labels), in less "
-                        "than half the time; on the simulated benchmark behind teacher-student "
-                        "with one label per species, ahead of it (tiny U-Net) or level (small) "
-                        "with two")
+                        "than half the time; on the simulated benchmark, with one label per "
+                        "species behind teacher-student (tiny U-Net) or level (small), with "
+                        "two ahead (tiny) or level (small)")
     p.add_argument("--threshold", help="auto (default) or a probability")
     p.add_argument("--species-by", choices=["profile", "network"],
                    help="several species: each pick gets the species whose labelled radial "

@@ -42,15 +42,17 @@ class FewShotProtPickTomo(ProtTomoPicking, FewShotProtBase):
         form.addParam("semi", params.BooleanParam, default=True,
                       label="Teacher-student (pseudo-labels)?",
                       help="Yes: learn from unlabelled regions too, with pseudo-labels from "
-                           "an averaged teacher; measured better with one label per species "
-                           "(F1 +0.10 over three draws, tiny network). With two per species "
-                           "it was level with No for the small network and 0.18 behind for "
-                           "the tiny one (one draw each; docs/benchmarks.md). No: train on "
-                           "the labels alone, in less than half the training time.")
+                           "an averaged teacher. On simulated tomograms with one label per "
+                           "species it was F1 0.10 ahead of No with the tiny network and level "
+                           "with the small one (three draws each); with two per species level "
+                           "(small) or 0.18 behind (tiny; one draw each; docs/benchmarks.md). "
+                           "No: train on the labels alone, in less than half the time.")
         form.addParam("modelSize", params.EnumParam, choices=MODEL_SIZES, default=1,
                       label="Network width",
                       help="tiny (8 channels) runs on a CPU; small (16) and base (32) need a "
-                           "GPU for real tomograms.")
+                           "GPU for real tomograms. On the simulated benchmark (600 steps) "
+                           "tiny picked better than small, in half the time; real tomograms "
+                           "were not tried.")
         form.addParam("steps", params.IntParam, default=600, validators=[params.Positive],
                       label="Training steps", help="Optimisation steps of the detector.")
         form.addParam("thresholdMode", params.EnumParam, choices=THRESHOLDS, default=0,
