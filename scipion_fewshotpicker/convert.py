@@ -90,6 +90,14 @@ def coordinateRows(coords, micsByName, scale=1.0):
     return rows
 
 
+def modelScale(modelRate, micRate):
+    """Micrograph pixels per model pixel: the model's pixel size (Å) over the micrographs';
+    1 when either is unknown or they lie within the engine's tolerance, where ``pick
+    --pixel-size`` does not rescale either."""
+    from fewshotpicker.io.mrc import pixel_size_mismatch
+    return modelRate / micRate if pixel_size_mismatch(micRate, modelRate) else 1.0
+
+
 def writeCoordinateStar(rows, folder, path):
     """Write ``coordinateRows`` as the engine reads them (micrograph paths under ``folder``),
     in the order given."""

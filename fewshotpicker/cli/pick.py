@@ -168,7 +168,7 @@ def refuse_bad_settings(cfg: PickConfig) -> None:
                          f"picks up to 1 (0.01 by default).")
     for flag, value in (("--pixel-size", cfg.pixel_size),
                         ("--model-pixel-size", cfg.model_pixel_size)):
-        if not value >= 0:  # also refuses nan
+        if not 0 <= value < float("inf"):  # also refuses nan
             raise InputError(f"{flag} {value}: must be a pixel size in Å (more than 0), or 0 "
                              f"for the default.")
     if not cfg.exclude_border >= 0:  # also refuses nan

@@ -143,6 +143,7 @@ def test_bad_input_gives_one_sentence_and_exit_2(tmp_path, capsys):
             (["--max-overlap", "nan"], "--max-overlap nan: must be 0 (off) or a share of the"),
             (["--pixel-size", "-1"], "--pixel-size -1.0: must be a pixel size in Å (more"),
             (["--model-pixel-size", "nan"], "--model-pixel-size nan: must be a pixel size in"),
+            (["--pixel-size", "inf"], "--pixel-size inf: must be a pixel size in Å (more"),
             (["--exclude-border", "-5"], "--exclude-border -5.0: must be 0 (no margin) or")):
         code, _, err = run(capsys, *pick, *flags)
         assert code == 2 and message in err, flags

@@ -311,6 +311,8 @@ def test_a_run_saved_before_exemplars_per_step_and_student_precision_existed_res
         finetune(replace(cfg, exemplars_per_step=-1), mics[:1], exemplars, tmp_path / "neg")
     with pytest.raises(InputError, match="--student-precision is 'fp16'; it must be one of"):
         finetune(replace(cfg, student_precision="fp16"), mics[:1], exemplars, tmp_path / "p")
+    with pytest.raises(InputError, match=r"--pixel-size inf: must be the micrographs' pixel"):
+        finetune(replace(cfg, pixel_size=float("inf")), mics[:1], exemplars, tmp_path / "p")
     assert not (tmp_path / "p").exists()       # refused before any work
 
 

@@ -252,7 +252,7 @@ def check_settings(cfg: TrainConfig, n_exemplars: int, source: str) -> None:
     if cfg.student_precision not in PRECISIONS:
         raise InputError(f"--student-precision is {cfg.student_precision!r}; it must be one of "
                          f"{', '.join(PRECISIONS)}.")
-    if not cfg.pixel_size >= 0:  # also refuses nan
+    if not 0 <= cfg.pixel_size < float("inf"):  # also refuses nan
         raise InputError(f"--pixel-size {cfg.pixel_size}: must be the micrographs' pixel size "
                          f"in Å (more than 0), or 0 to read it from their headers.")
     if cfg.pooling and cfg.pooling not in ("mean", "cls"):

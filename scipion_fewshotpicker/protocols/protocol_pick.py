@@ -10,8 +10,8 @@ from pwem.protocols import ProtParticlePickingAuto
 
 from .. import Plugin
 from ..constants import MODEL_FINETUNED
-from ..convert import (addPicks, linkMicrographs, listReasons, micKey, readJsonOrEmpty,
-                       readPicks, reasonsByMicrograph, summarisePickCounts)
+from ..convert import (addPicks, linkMicrographs, listReasons, micKey, modelScale,
+                       readJsonOrEmpty, readPicks, reasonsByMicrograph, summarisePickCounts)
 from .protocol_base import FewShotProtBase
 
 # appended, never reordered: saved projects store the index
@@ -160,13 +160,8 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
         return int(round(model.getBoxSize() * self._modelScale()))
 
     def _modelScale(self):
-        """Micrograph pixels per model pixel: the model's pixel size over these
-        micrographs' (1 when either is unknown or they lie within 2%)."""
-        model, mine = self.inputModel.get().getSamplingRate(), \
-            self.getInputMicrographs().getSamplingRate()
-        if not model or not mine or abs(mine - model) <= 0.02 * model:
-            return 1.0
-        return model / mine
+        return modelScale(self.inputModel.get().getSamplingRate(),
+                          self.getInputMicrographs().getSamplingRate())
 
     def _createSetOfCoordinates(self, micSet, suffix=""):
         coordSet = ProtParticlePickingAuto._createSetOfCoordinates(self, micSet, suffix=suffix)

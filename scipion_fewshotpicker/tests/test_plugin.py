@@ -102,6 +102,13 @@ def test_coordinate_rows_are_rescaled_and_matched_by_micrograph_name():
     assert rows == [(3, "mic_000007", 25.0, 50.0)]  # picked at 2.5x this pixel size
 
 
+def test_the_pick_protocols_box_follows_the_engines_rescaling_rule():
+    from scipion_fewshotpicker.convert import modelScale
+    assert modelScale(5.0, 2.5) == 2.0 and modelScale(2.0, 4.0) == 0.5  # box x 2, box / 2
+    assert modelScale(5.0, 5.05) == 1.0  # within the engine's 2 %: not rescaled there either
+    assert modelScale(0.0, 2.5) == 1.0 and modelScale(5.0, 0.0) == 1.0  # unknown
+
+
 def test_asking_for_a_gpu_on_a_machine_without_one_is_refused(monkeypatch):
     from scipion_fewshotpicker.protocols import FewShotProtPick, protocol_base
     monkeypatch.setattr(protocol_base.shutil, "which", lambda name: None)
