@@ -15,8 +15,12 @@ from tqdm import tqdm
 from ..config import from_dict, load_config, to_dict, write_run_record
 from ..errors import InputError
 from ..io.atomic import write_text_atomic
+from ..io.coordinates import micrograph_key
+from ..io.star import read_image_list
 
 T = TypeVar("T")
+IMAGES_HELP = ("MRC files, globs, folders, or a RELION STAR file listing them "
+               "(rlnMicrographName, e.g. a CtfFind job's micrographs_ctf.star)")
 log = logging.getLogger("fewshotpicker")
 
 
@@ -75,29 +79,56 @@ def write_summary(out: Path, summary: dict) -> Path:
     return write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
 
 
-def expand_images(patterns: Sequence[str], what: str = "micrographs") -> List[Path]:
-    """Expand globs and folders into a sorted list of MRC files, without repeats.
+def expand_images(patterns: Sequence[str], what: str = "micrographs",
+                  distinct_names: bool = True) -> List[Path]:
+    """Expand files, globs, folders and RELION STAR lists into MRC files, without repeats.
 
     Every pattern must give something: a named file that does not exist, or a glob or
     folder without a match, is refused with its name rather than left out (a typo in
-    one of many paths would otherwise drop that micrograph without a word)."""
+    one of many paths would otherwise drop that micrograph without a word). A ``.star``
+    file stands for the images it lists (``rlnMicrographName``, or a RELION 5
+    ``tomograms.star``). With ``distinct_names`` two files that share a name in
+    different folders are refused: picks are matched to images by name, so their picks
+    would be mixed."""
     files: List[Path] = []
     for pattern in patterns:
-        path = Path(os.path.expanduser(pattern))
-        if path.is_dir():
-            matched = sorted(path.glob("*.mrc"))
-        elif path.exists():  # before globbing: a file may have [ or * in its name
-            matched = [path]
-        elif glob.has_magic(pattern):
-            matched = [Path(m) for m in sorted(glob.glob(os.path.expanduser(pattern)))]
-        else:
-            raise InputError(f"{pattern}: file not found.")
+        matched = _images_of(pattern)
         if not matched:
             raise InputError(f"No {what} found for {pattern}.")
         files += matched
     if not files:
         raise InputError(f"No {what} given.")
-    return list(dict.fromkeys(files))
+    unique: dict = {}
+    for f in files:
+        unique.setdefault(os.path.abspath(f), f)
+    files = list(unique.values())
+    if distinct_names:
+        refuse_shared_names(files, what)
+    return files
+
+
+def _images_of(pattern: str) -> List[Path]:
+    """The image files one command-line pattern stands for (possibly none)."""
+    path = Path(os.path.expanduser(pattern))
+    if path.is_dir():
+        return sorted(path.glob("*.mrc"))
+    if path.exists():  # before globbing: a file may have [ or * in its name
+        return read_image_list(path) if path.suffix.lower() == ".star" else [path]
+    if glob.has_magic(pattern):
+        return [Path(m) for m in sorted(glob.glob(os.path.expanduser(pattern)))]
+    raise InputError(f"{pattern}: file not found.")
+
+
+def refuse_shared_names(files: Sequence[Path], what: str = "micrographs") -> None:
+    """Refuse two files whose names give one matching key (``a/m.mrc`` and ``b/m.mrc``)."""
+    first: dict = {}
+    for path in files:
+        key = micrograph_key(str(path))
+        if key in first:
+            raise InputError(f"{first[key]} and {path} have the same name ({key}); picks are "
+                             f"matched to {what} by name, so give each a distinct name "
+                             f"(link them under distinct names, or pick them in separate runs).")
+        first[key] = path
 
 
 def progress(items: Iterable, desc: str, total: Optional[int] = None):

@@ -7,7 +7,7 @@ from ..config import DogConfig
 from ..errors import InputError, none_picked
 from ..io.coordinates import write_autopick
 from ..picking.run_dog import dog_pick_micrographs
-from .common import (add_config_argument, expand_images, log, progress, start_run,
+from .common import (IMAGES_HELP, add_config_argument, expand_images, log, progress, start_run,
                      write_summary)
 
 FLAGS = {"diameter": "diameter", "threshold": "threshold", "min_distance": "min_distance",
@@ -17,7 +17,7 @@ FLAGS = {"diameter": "diameter", "threshold": "threshold", "min_distance": "min_
 def add_parser(sub) -> None:
     p = sub.add_parser("dog", help="pick with the difference-of-Gaussians baseline",
                        description=__doc__)
-    p.add_argument("--micrographs", nargs="+", required=True, help="MRC files, globs or folders")
+    p.add_argument("--micrographs", nargs="+", required=True, help=IMAGES_HELP)
     p.add_argument("--diameter", type=float, required=False,
                    help="particle diameter in px (required unless in --config)")
     p.add_argument("--threshold", help="'auto' (default) or a height in robust-std units")

@@ -16,7 +16,7 @@ from ..device import PRECISIONS
 from ..errors import InputError, none_picked
 from ..picking.threshold import resolved_rule
 from ..picking.run import apply_global_quantile, score_all, write_pick_outputs
-from .common import (add_config_argument, expand_images, log, progress, start_run,
+from .common import (IMAGES_HELP, add_config_argument, expand_images, log, progress, start_run,
                      write_summary)
 
 FLAGS = {"model": "model", "stride": "stride", "coarse": "coarse", "student": "student",
@@ -36,7 +36,7 @@ FLAGS = {"model": "model", "stride": "stride", "coarse": "coarse", "student": "s
 def add_parser(sub) -> None:
     p = sub.add_parser("pick", help="pick particles with a fine-tuned model", description=__doc__)
     p.add_argument("--model", help="folder or model.pt of a 'train' run (required)")
-    p.add_argument("--micrographs", nargs="+", required=True, help="MRC files, globs or folders")
+    p.add_argument("--micrographs", nargs="+", required=True, help=IMAGES_HELP)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--stride", type=float, help="px between windows (default box / 5)")
     p.add_argument("--coarse", type=int,

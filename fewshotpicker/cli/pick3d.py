@@ -26,7 +26,8 @@ FLAGS = {"box": "box", "model": "model", "size": "size", "steps": "steps", "lr":
 def add_parser(sub) -> None:
     p = sub.add_parser("pick3d", help="pick tomograms from a few labelled particles",
                        description=__doc__)
-    p.add_argument("--tomograms", nargs="+", required=True, help="MRC tomograms (globs, folders)")
+    p.add_argument("--tomograms", nargs="+", required=True,
+                   help="MRC tomograms: files, globs, folders or RELION 5's tomograms.star")
     p.add_argument("--labels", help="a few labelled centres (STAR); optional with --model "
                                     "(then only left out of the cutoff's fit)")
     p.add_argument("--out", required=True, help="output folder")

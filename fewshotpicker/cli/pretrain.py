@@ -16,8 +16,8 @@ from ..config import PretrainConfig
 from ..models.mae import MODEL_SIZES
 from ..training.distributed import launch_from_environment
 from ..training.pretrain import pretrain
-from .common import (add_training_arguments, build_config, expand_images, log, progress,
-                     start_run, write_summary)
+from .common import (IMAGES_HELP, add_training_arguments, build_config, expand_images, log,
+                     progress, start_run, write_summary)
 
 FLAGS = {"model": "model", "box": "box", "regions": "regions_per_micrograph",
          "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "mask_ratio": "mask_ratio",
@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("pretrain", help="MAE pretraining on unlabeled micrographs",
                        description=__doc__)
     p.add_argument("--micrographs", nargs="+", required=True,
-                   help="MRC files, globs or folders (any number of sets)")
+                   help=IMAGES_HELP + " (any number of sets)")
     p.add_argument("--out", required=True, help="output folder (model.pt, curves, checkpoint)")
     p.add_argument("--model", choices=sorted(MODEL_SIZES), help="model size (default tiny)")
     p.add_argument("--box", type=float, help="region side in px, best the particle box "
@@ -45,7 +45,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    mics = expand_images(args.micrographs)
+    mics = expand_images(args.micrographs, distinct_names=False)
     launch = launch_from_environment()
     if not launch.main:  # rank 0 of a torchrun launch records, reports and writes
         log.setLevel(logging.ERROR)  # its warnings would repeat rank 0's

@@ -18,7 +18,7 @@ from ..device import PRECISIONS
 from ..io.coordinates import read_coordinates
 from ..models.mae import MODEL_SIZES
 from ..pruning.run import prune
-from .common import (add_config_argument, expand_images, log, progress, start_run,
+from .common import (IMAGES_HELP, add_config_argument, expand_images, log, progress, start_run,
                      write_summary)
 
 FLAGS = {"box": "box", "model": "model", "model_size": "model_size", "prior": "prior",
@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("prune", help="remove false positives from any picker's picks (nnPU)",
                        description=__doc__)
     p.add_argument("--micrographs", nargs="+", required=True,
-                   help="micrographs holding the picks and the exemplars")
+                   help="micrographs holding the picks and the exemplars: " + IMAGES_HELP)
     p.add_argument("--picks", required=True, help="picks to judge: STAR file, autopick "
                                                   "folder, .box or Topaz file")
     p.add_argument("--exemplars", required=True, help="exemplar particles (positives)")

@@ -13,7 +13,7 @@ from ..device import PRECISIONS
 from ..io.coordinates import read_coordinates
 from ..models.mae import MODEL_SIZES
 from ..training.finetune import finetune
-from .common import (add_training_arguments, expand_images, log, progress, start_run,
+from .common import (IMAGES_HELP, add_training_arguments, expand_images, log, progress, start_run,
                      write_summary)
 
 FLAGS = {"box": "box", "model": "model", "pretrained": "pretrained", "steps": "steps",
@@ -31,7 +31,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train", help="fine-tune on exemplars (MSE + PU self-cross similarity)",
                        description=__doc__)
     p.add_argument("--micrographs", nargs="+", required=True,
-                   help="micrographs holding the exemplars (others add unlabeled regions)")
+                   help="micrographs holding the exemplars (others add unlabeled regions): "
+                        + IMAGES_HELP)
     p.add_argument("--exemplars", required=True, help="STAR/.box/Topaz file of exemplar "
                                                       "centres (rlnMicrographName, X, Y)")
     p.add_argument("--out", required=True, help="output folder")

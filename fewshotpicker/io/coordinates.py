@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Dict, Iterable, Mapping, Optional
+from typing import Iterable, Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,7 @@ import starfile
 
 from ..errors import InputError
 from .atomic import atomic_path
+from .star import read_star_blocks, resolve_listed
 
 COLUMNS = ["micrograph", "x", "y", "score", "class"]
 _SUFFIXES = re.compile(r"(_autopick|_picks|_coords|_truth)$")
@@ -62,20 +63,6 @@ def make_coordinates(micrograph: str | Iterable[str], xy: np.ndarray,
 
 # ---------------------------------------------------------------- STAR reading
 
-def _read_star_blocks(path: Path) -> Dict[str, pd.DataFrame]:
-    if not path.exists():
-        raise InputError(f"{path}: file not found.")
-    with open(path, "rb") as fh:
-        head = fh.read(1 << 20)
-    if head.strip() and b"data_" not in head:  # an empty file is an empty table
-        raise InputError(f"{path}: not a STAR file (it holds no data_ block).")
-    try:
-        blocks = starfile.read(path, always_dict=True)
-    except Exception as exc:  # starfile raises several types on malformed text
-        raise InputError(f"{path}: cannot be parsed as a STAR file ({exc}).") from None
-    return {name: df for name, df in blocks.items() if isinstance(df, pd.DataFrame)}
-
-
 def _numbers(df: pd.DataFrame, cols: list, path: Path) -> np.ndarray:
     """Columns ``cols`` of ``df`` as float ``(n, len(cols))``; refuses text, NaN and inf."""
     for col in cols:
@@ -112,23 +99,15 @@ def _score_and_class(df: pd.DataFrame, path: Path) -> tuple:
     return score, klass
 
 
-def _resolve(ref: str, index: Path) -> Path:
-    """Find a file named in an index: as given, relative to the index's folder, or beside it."""
-    for candidate in (Path(ref), index.parent / ref, index.parent / Path(ref).name):
-        if candidate.exists():
-            return candidate
-    raise InputError(f"{index}: lists coordinate file {ref}, which does not exist.")
-
-
 def read_star_coordinates(path: str | os.PathLike) -> pd.DataFrame:
     """Read coordinates from a STAR file: a table, or a RELION ``autopick.star`` index."""
     path = Path(path)
-    blocks = _read_star_blocks(path)
+    blocks = read_star_blocks(path)
     index = blocks.get("coordinate_files")
     if index is not None:
         frames = []
         for mic, ref in zip(index["rlnMicrographName"], index["rlnMicrographCoordinates"]):
-            part = read_star_coordinates(_resolve(str(ref), path))
+            part = read_star_coordinates(resolve_listed(str(ref), path, "coordinate file"))
             part["micrograph"] = str(mic)
             frames.append(part)
         return _concat(frames)
@@ -270,7 +249,7 @@ def read_tomo_coordinates(path: str | os.PathLike, shapes: Optional[Mapping[str,
                           pixel_size: Optional[float] = None) -> pd.DataFrame:
     """Read 3D coordinates in RELION 4 pixels or RELION 5 centred Å (needs shapes, pixel size)."""
     path = Path(path)
-    blocks = _read_star_blocks(path)
+    blocks = read_star_blocks(path)
     df = next((d for d in blocks.values()
                if "rlnCenteredCoordinateXAngst" in d or "rlnCoordinateX" in d), None)
     if df is None:

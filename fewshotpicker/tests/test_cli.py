@@ -3,12 +3,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import starfile
 
 from fewshotpicker.cli.main import main
 from fewshotpicker.errors import InputError
-from fewshotpicker.io.coordinates import make_coordinates, write_coordinate_table
+from fewshotpicker.io.coordinates import (make_coordinates, micrograph_key, read_coordinates,
+                                          write_coordinate_table)
 from fewshotpicker.io.mrc import write_mrc
 
 
@@ -229,6 +231,104 @@ def test_expand_images_takes_folders_globs_and_odd_names_once(tmp_path):
     empty.mkdir()
     with pytest.raises(InputError, match=f"No tomograms found for {empty}"):
         expand_images([str(tmp_path / "a.mrc"), str(empty)], "tomograms")
+
+
+def relion_project(root: Path, micrographs) -> Path:
+    """A RELION project folder: the micrographs under MotionCorr/job002/Movies/ and a CtfFind
+    job's micrographs_ctf.star naming them relative to the project, as RELION does."""
+    movies = root / "MotionCorr" / "job002" / "Movies"
+    movies.mkdir(parents=True)
+    names = []
+    for mic in micrographs:
+        (movies / mic.name).write_bytes(mic.read_bytes())
+        names.append(f"MotionCorr/job002/Movies/{mic.name}")
+    star = root / "CtfFind" / "job003" / "micrographs_ctf.star"
+    star.parent.mkdir(parents=True)
+    optics = {"rlnOpticsGroupName": ["opticsGroup1"], "rlnOpticsGroup": [1],
+              "rlnMicrographPixelSize": [1.0]}
+    table = {"rlnMicrographName": names, "rlnOpticsGroup": [1] * len(names),
+             "rlnDefocusU": [15000.0] * len(names)}
+    starfile.write({"optics": pd.DataFrame(optics), "micrographs": pd.DataFrame(table)}, star)
+    return star
+
+
+def test_dog_picks_the_micrographs_a_relion_star_lists_under_relions_names(
+        tiny, tmp_path, capsys, monkeypatch):
+    mics = sorted((tiny / "micrographs").glob("*.mrc"))
+    project = tmp_path / "project"
+    star = relion_project(project, mics)
+    diameter = json.loads((tiny / "meta.json").read_text())["particle_diameter_px"]
+    monkeypatch.chdir(project)  # RELION's way: commands run in the project folder
+    code, _, _ = run(capsys, "dog", "--micrographs", "CtfFind/job003/micrographs_ctf.star",
+                     "--diameter", str(diameter), "--out", "External/job004")
+    assert code == 0
+    index = starfile.read(project / "External" / "job004" / "autopick.star")
+    assert list(index["rlnMicrographName"]) == [f"MotionCorr/job002/Movies/{m.name}"
+                                                for m in mics]
+    inside = read_coordinates(project / "External" / "job004")
+    monkeypatch.chdir(tmp_path)  # elsewhere: names are found under the STAR's project
+    code, _, _ = run(capsys, "dog", "--micrographs", str(star), "--diameter", str(diameter),
+                     "--out", "outside")
+    assert code == 0
+    outside = read_coordinates(tmp_path / "outside")
+    assert len(inside) == len(outside) > 0
+    assert (inside["micrograph"].map(micrograph_key).value_counts().to_dict()
+            == outside["micrograph"].map(micrograph_key).value_counts().to_dict())
+    assert set(outside["micrograph"]) == {str(project / "MotionCorr" / "job002" / "Movies" /
+                                              m.name) for m in mics}
+    # RELION's own AutoPick index names per-micrograph files in a Movies/ folder, relative
+    # to the project: read from elsewhere, they are found under the index's project.
+    autopick = project / "AutoPick" / "job006"
+    (autopick / "Movies").mkdir(parents=True)
+    refs = []
+    for m in mics:
+        name = f"{m.stem}_autopick.star"
+        (autopick / "Movies" / name).write_bytes((project / "External" / "job004" /
+                                                  name).read_bytes())
+        refs.append(f"AutoPick/job006/Movies/{name}")
+    starfile.write({"coordinate_files": pd.DataFrame({
+        "rlnMicrographName": list(index["rlnMicrographName"]),
+        "rlnMicrographCoordinates": refs})}, autopick / "autopick.star")
+    relion = read_coordinates(autopick / "autopick.star")
+    assert relion[["micrograph", "x", "y"]].equals(inside[["micrograph", "x", "y"]])
+
+
+def test_relion_lists_that_name_nothing_usable_are_refused_in_one_sentence(tiny, tmp_path):
+    from fewshotpicker.cli.common import expand_images
+    mics = sorted((tiny / "micrographs").glob("*.mrc"))
+    star = relion_project(tmp_path / "project", mics)
+    (tmp_path / "project" / "MotionCorr" / "job002" / "Movies" / mics[1].name).unlink()
+    with pytest.raises(InputError, match=f"{star}: lists image MotionCorr/job002/Movies/"
+                                         f"{mics[1].name}, which is neither"):
+        expand_images([str(star)])
+    particles = tmp_path / "particles.star"
+    starfile.write({"particles": {"rlnCoordinateX": [1.0], "rlnCoordinateY": [2.0]}}, particles)
+    with pytest.raises(InputError, match="particles.star: lists no images .it has no "
+                                         "rlnMicrographName or rlnTomoReconstructedTomogram"):
+        expand_images([str(particles)])
+    (tmp_path / "notes.star").write_text("just text\n")
+    with pytest.raises(InputError, match="notes.star: not a STAR file"):
+        expand_images([str(tmp_path / "notes.star")])
+
+
+def test_two_micrographs_of_one_name_are_refused_before_their_picks_mix(tiny, tmp_path, capsys):
+    """Picks are matched to micrographs by file name; a/m.mrc and b/m.mrc used to share one
+    m_autopick.star holding both micrographs' picks, listed for each of them."""
+    for folder, mic in zip("ab", sorted((tiny / "micrographs").glob("*.mrc"))):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "m.mrc").write_bytes(mic.read_bytes())
+    code, _, err = run(capsys, "dog", "--micrographs", str(tmp_path / "a" / "m.mrc"),
+                       str(tmp_path / "b" / "m.mrc"), "--diameter", "20", "--out",
+                       str(tmp_path / "picks"))
+    assert code == 2 and not (tmp_path / "picks").exists()
+    assert f"{tmp_path / 'a' / 'm.mrc'} and {tmp_path / 'b' / 'm.mrc'} have the same name (m)" \
+        in err and len(err.strip().splitlines()) == 1
+    from fewshotpicker.cli.common import expand_images
+    same = expand_images([str(tmp_path / "a" / "m.mrc"), str(tmp_path / "a" / ".." / "a" /
+                                                              "m.mrc")])
+    assert same == [tmp_path / "a" / "m.mrc"]
+    assert len(expand_images([str(tmp_path / "a"), str(tmp_path / "b")], "micrographs",
+                             distinct_names=False)) == 2
 
 
 def test_every_folder_of_modules_is_a_package_that_a_wheel_includes():
