@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Type, TypeVar
+from typing import Dict, Iterable, List, Optional, Sequence, Type, TypeVar
 
 from tqdm import tqdm
 
@@ -16,7 +16,7 @@ from ..config import from_dict, load_config, to_dict, write_run_record
 from ..errors import InputError
 from ..io.atomic import write_text_atomic
 from ..io.coordinates import micrograph_key
-from ..io.star import read_image_list
+from ..io.star import read_image_list, read_image_table
 
 T = TypeVar("T")
 IMAGES_HELP = ("MRC files, globs, folders, or a RELION STAR file listing them "
@@ -117,6 +117,17 @@ def _images_of(pattern: str) -> List[Path]:
     if glob.has_magic(pattern):
         return [Path(m) for m in sorted(glob.glob(os.path.expanduser(pattern)))]
     raise InputError(f"{pattern}: file not found.")
+
+
+def listed_names(patterns: Sequence[str]) -> Dict[str, str]:
+    """``{absolute path: RELION name}`` of the images that the STAR lists among ``patterns``
+    name apart from their files (RELION 5's ``rlnTomoName``)."""
+    names: Dict[str, str] = {}
+    for pattern in patterns:
+        path = Path(os.path.expanduser(pattern))
+        if path.is_file() and path.suffix.lower() == ".star":
+            names.update({os.path.abspath(p): n for p, n in read_image_table(path) if n})
+    return names
 
 
 def refuse_shared_names(files: Sequence[Path], what: str = "micrographs") -> None:

@@ -3,7 +3,8 @@
 Labels are particle centres (RELION 4 voxels ``rlnCoordinateX/Y/Z`` or RELION 5
 centred Å) with ``rlnTomoName`` and, for several species, ``rlnClassNumber``.
 Training is teacher-student (``--supervised-only`` for the baseline); ``--model``
-reuses a trained detector. Writes ``picks3d.star`` (RELION 5, centred Å),
+reuses a trained detector. Tomograms may come as RELION 5's ``tomograms.star``; the
+picks then carry its ``rlnTomoName``. Writes ``picks3d.star`` (RELION 5, centred Å),
 ``picks3d_relion4.star`` (voxels), ``model.pt``, loss curves and ``summary.json``.
 """
 from __future__ import annotations
@@ -12,9 +13,10 @@ import argparse
 
 from ..config import Pick3dConfig
 from ..io.coordinates import read_tomo_coordinates
-from ..tomo.data import open_tomogram
+from ..tomo.data import open_tomograms
 from ..tomo.run import pick3d
-from .common import add_config_argument, expand_images, log, progress, start_run, write_summary
+from .common import (add_config_argument, expand_images, listed_names, log, progress, start_run,
+                     write_summary)
 
 FLAGS = {"box": "box", "model": "model", "size": "size", "steps": "steps", "lr": "lr",
          "crop": "crop", "threshold": "threshold", "tile": "tile", "views": "views",
@@ -62,13 +64,14 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     paths = expand_images(args.tomograms, "tomograms")
+    names = listed_names(args.tomograms)
     labels = None
     if args.labels:
-        tomos = [open_tomogram(p) for p in paths]
+        tomos = open_tomograms(paths, names)
         labels = read_tomo_coordinates(args.labels, {t.key: t.shape for t in tomos},
                                        next((t.voxel_size for t in tomos if t.voxel_size), None))
     cfg, out = start_run("pick3d", Pick3dConfig, args, FLAGS)
-    summary = pick3d(cfg, paths, labels, out, args.labels or "labels", progress)
+    summary = pick3d(cfg, paths, labels, out, args.labels or "labels", progress, names)
     write_summary(out, summary)
     log.info("%d picks; mean %.1f s per tomogram", summary["picks"],
              summary["seconds_per_tomogram"])

@@ -260,7 +260,14 @@ def read_tomo_coordinates(path: str | os.PathLike, shapes: Optional[Mapping[str,
     if shapes is None or not pixel_size:
         raise InputError(f"{path}: holds RELION 5 centred coordinates; the tomogram shapes "
                          f"and pixel size are needed to convert them to pixels.")
+    if "rlnTomoName" not in df:
+        raise InputError(f"{path}: holds RELION 5 centred coordinates without rlnTomoName, so "
+                         f"they cannot be placed in a tomogram.")
     keys = df["rlnTomoName"].astype(str).map(micrograph_key)
+    unknown = sorted(set(keys) - set(shapes))
+    if unknown:
+        raise InputError(f"{path}: names {len(unknown)} tomogram(s) that match no given "
+                         f"tomogram ({', '.join(unknown[:3])}).")
     centred = _numbers(df, [f"rlnCenteredCoordinate{a}Angst" for a in "XYZ"], path)
     xyz = np.stack([centred[:, i] / pixel_size
                     + keys.map(lambda k: shapes[k][d] / 2.0).to_numpy(float)

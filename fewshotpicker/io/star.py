@@ -9,7 +9,7 @@ with one sentence naming the file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import pandas as pd
 import starfile
@@ -56,19 +56,28 @@ def resolve_listed(ref: str, star: Path, what: str = "file") -> Path:
                      f"nor under a folder above the STAR file.")
 
 
-def read_image_list(star: Path) -> List[Path]:
-    """The image files a RELION STAR file lists, in its order.
+def read_image_table(star: Path) -> List[Tuple[Path, str]]:
+    """The image files a RELION STAR file lists, in its order, each with its RELION name.
 
     Reads the first table with an ``rlnMicrographName`` column (a MotionCorr or CtfFind
     job's ``corrected_micrographs.star`` / ``micrographs_ctf.star``) or an
-    ``rlnTomoReconstructedTomogram`` column (RELION 5's ``tomograms.star``)."""
+    ``rlnTomoReconstructedTomogram`` column (RELION 5's ``tomograms.star``). The name is
+    the table's ``rlnTomoName`` where it has one (RELION 5 names a tomogram apart from its
+    file: ``TS_01`` for ``rec_TS_01.mrc``), else ``""``."""
     blocks = read_star_blocks(star)
     for column in IMAGE_COLUMNS:
         for table in blocks.values():
             if column in table:
-                names = [str(n) for n in table[column]]
-                if not names:
+                files = [str(n) for n in table[column]]
+                if not files:
                     raise InputError(f"{star}: its {column} column lists no images.")
-                return [resolve_listed(n, star, "image") for n in names]
+                names = [str(n) for n in table["rlnTomoName"]] if "rlnTomoName" in table \
+                    else [""] * len(files)
+                return [(resolve_listed(f, star, "image"), n) for f, n in zip(files, names)]
     raise InputError(f"{star}: lists no images (it has no "
                      f"{' or '.join(IMAGE_COLUMNS)} column).")
+
+
+def read_image_list(star: Path) -> List[Path]:
+    """The image files a RELION STAR file lists (see :func:`read_image_table`)."""
+    return [path for path, _ in read_image_table(star)]

@@ -149,3 +149,11 @@ def test_tomogram_coordinates_relion5_centred_angstrom_and_relion4(tmp_path):
     np.testing.assert_allclose(back4[["x", "y", "z"]], picks[["x", "y", "z"]])
     with pytest.raises(InputError, match="shapes and pixel size are needed"):
         read_tomo_coordinates(tmp_path / "r5.star")
+    with pytest.raises(InputError, match="r5.star: names 1 tomogram.s. that match no given "
+                                         "tomogram .TS_01.\\.$"):
+        read_tomo_coordinates(tmp_path / "r5.star", {"TS_02": (64, 100, 200)}, 10.0)
+    nameless = starfile.read(tmp_path / "r5.star").drop(columns="rlnTomoName")
+    starfile.write(nameless, tmp_path / "nameless.star")
+    with pytest.raises(InputError, match="nameless.star: holds RELION 5 centred coordinates "
+                                         "without rlnTomoName"):
+        read_tomo_coordinates(tmp_path / "nameless.star", shapes, 10.0)

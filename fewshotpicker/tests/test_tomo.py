@@ -344,3 +344,50 @@ def test_a_nan_anywhere_in_a_tomogram_is_refused(tmp_path):
         write_mrc(tmp_path / "bad.mrc", vol)
     with pytest.raises(InputError, match=r"bad\.mrc: contains NaN or infinite values\."):
         open_tomogram(tmp_path / "bad.mrc")
+
+
+def test_pick3d_takes_relion5_tomograms_star_and_names_picks_as_relion_does(small_tomograms,
+                                                                            tmp_path):
+    """RELION 5 names a tomogram (rlnTomoName TS_00) apart from its file (rec_TS_00.mrc):
+    labels under that name are placed, and the picks carry it, as the same model's picks of
+    the plain files carry the file's name."""
+    import pandas as pd
+    import starfile
+    from fewshotpicker.cli.main import main
+    from fewshotpicker.io.coordinates import (micrograph_key, read_coordinates,
+                                              read_tomo_coordinates, write_coordinate_table,
+                                              write_tomo_coordinates)
+    truth = read_coordinates(small_tomograms / "truth3d.star")
+    labels = truth.iloc[::6]
+    write_coordinate_table(labels, tmp_path / "labels.star")
+    common = ["pick3d", "--box", "16", "--size", "tiny", "--crop", "32", "--device", "cpu"]
+    assert main(common + ["--tomograms", str(small_tomograms / "tomograms"), "--labels",
+                          str(tmp_path / "labels.star"), "--steps", "4", "--supervised-only",
+                          "--out", str(tmp_path / "plain")]) == 0
+    project = tmp_path / "project"
+    recs = project / "Reconstruct" / "job010" / "tomograms"
+    recs.mkdir(parents=True)
+    files = sorted((small_tomograms / "tomograms").glob("*.mrc"))
+    relion = {f.stem: f"TS_{i:02d}" for i, f in enumerate(files)}
+    for f in files:
+        (recs / f"rec_{relion[f.stem]}.mrc").write_bytes(f.read_bytes())
+    starfile.write({"global": pd.DataFrame({
+        "rlnTomoName": [relion[f.stem] for f in files],
+        "rlnTomoReconstructedTomogram": [f"Reconstruct/job010/tomograms/rec_{relion[f.stem]}"
+                                         f".mrc" for f in files]})},
+        project / "Reconstruct" / "job010" / "tomograms.star")
+    shapes = {name: (32, 96, 96) for name in relion.values()}
+    write_tomo_coordinates(labels.assign(micrograph=labels["micrograph"].map(micrograph_key).map(relion)),
+                           tmp_path / "labels5.star", shapes, 10.0, relion=5)
+    assert main(common + ["--tomograms", str(project / "Reconstruct" / "job010" /
+                                             "tomograms.star"),
+                          "--labels", str(tmp_path / "labels5.star"),
+                          "--model", str(tmp_path / "plain"), "--out", str(tmp_path / "r5")]) == 0
+    plain = read_coordinates(tmp_path / "plain" / "picks3d_relion4.star")
+    named = read_tomo_coordinates(tmp_path / "r5" / "picks3d.star", shapes, 10.0)
+    assert len(plain) > 0 and set(named["micrograph"]) <= set(relion.values())
+    assert named["micrograph"].tolist() == plain["micrograph"].map(micrograph_key).map(
+        relion).tolist()
+    np.testing.assert_allclose(named[["x", "y", "z"]].to_numpy(),
+                               plain[["x", "y", "z"]].to_numpy(), atol=1e-3)
+    assert (tmp_path / "r5" / "slices" / "TS_00.png").exists()

@@ -6,7 +6,7 @@ import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import pandas as pd
@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..io.checkpoint import MODEL_FILE, load_checkpoint, load_state_strict, \
     resolve_model_file, save_checkpoint
 from ..io.coordinates import empty_coordinates, micrograph_key, write_tomo_coordinates
-from .data import labels_per_tomogram, open_tomogram
+from .data import labels_per_tomogram, open_tomograms
 from .detect import detect, suppress_across_classes, tomogram_cutoff
 from .plots import plot_slices
 from .species import class_prototypes, nearest_species, profile_radius, radial_profiles
@@ -132,7 +132,7 @@ def pick_all(model, tomos, cfg: Pick3dConfig, device, progress,
         cands = assign_species(cands, tomo, species)
         fit = cands[off_labels(cands, (labelled or {}).get(tomo.key, (None,))[0], radius)]
         cut = tomogram_cutoff(fit["score"].to_numpy(), cfg.threshold) if len(fit) else 0.5
-        kept = cands[cands["score"] >= cut].assign(micrograph=str(tomo.path))
+        kept = cands[cands["score"] >= cut].assign(micrograph=tomo.name or str(tomo.path))
         frames.append(kept)
         summary[tomo.key] = {"picks": int(len(kept)), "candidates": int(len(cands)),
                              "cutoff": cut, "seconds": time.perf_counter() - start,
@@ -162,12 +162,14 @@ def write_outputs(picks: pd.DataFrame, tomos, box: float, out_dir: Path) -> dict
 
 
 def pick3d(cfg: Pick3dConfig, tomograms: List[Path], labels: Optional[pd.DataFrame],
-           out_dir: Path, source: str = "labels", progress: Optional[Callable] = None) -> dict:
-    """The whole command; returns the summary."""
+           out_dir: Path, source: str = "labels", progress: Optional[Callable] = None,
+           names: Optional[Dict[str, str]] = None) -> dict:
+    """The whole command; returns the summary. ``names`` ``{absolute path: RELION name}``
+    names tomograms apart from their files (RELION 5's rlnTomoName); picks carry it."""
     out_dir = Path(out_dir)
     check_settings(cfg, labels, source)
     device = resolve_device(cfg.device)
-    tomos = [open_tomogram(p) for p in tomograms]
+    tomos = open_tomograms(tomograms, names)
     start = time.perf_counter()
     labelled = labels_per_tomogram(labels, tomos, source) if labels is not None and len(
         labels) else None
