@@ -67,6 +67,72 @@ def _typed(cls: type, field: dataclasses.Field, value: Any, where: str) -> Any:
                      f"not {value!r}.")
 
 
+_INF = float("inf")
+_POSITIVE = (0.0, _INF, True, True, "a finite number above 0")
+_ZERO_UP = (0.0, _INF, False, True, "0 or more, a finite number")
+_SHARE = (0.0, 1.0, False, False, "a share from 0 to 1")
+_OPEN_SHARE = (0.0, 1.0, True, True, "a share above 0 and below 1")
+_SHARE_ABOVE_0 = (0.0, 1.0, True, False, "a share above 0 and at most 1")
+_COUNT = (1, _INF, False, True, "a whole number, 1 or more")
+_COUNT_ZERO_UP = (0, _INF, False, True, "a whole number, 0 or more")
+
+#: the numbers each setting may take, by field name or ``Config.field`` where one command
+#: differs: ``(lo, hi, lo excluded, hi excluded, what)``. A setting whose 0 means "the default" or "off" lies in a range holding
+#: 0; "required" is each command's own check.
+RANGES = {
+    **dict.fromkeys(("lr", "tau", "snr"), _POSITIVE),
+    **dict.fromkeys(("box", "diameter", "min_lr", "weight_decay", "beta", "gamma", "highpass",
+                     "lowpass", "unlabeled_ratio", "unsup_weight", "unlabeled_weight", "sigma",
+                     "min_distance", "exclude_border", "stride", "radius", "pixel_size",
+                     "model_pixel_size", "shoulder_reach"), _ZERO_UP),
+    **dict.fromkeys(("warmup", "alpha", "shifted_negatives", "unsup_start", "ema", "quantile",
+                     "max_overlap", "student", "prior"), _SHARE),
+    "mask_ratio": _OPEN_SHARE,
+    **dict.fromkeys(("regions_per_micrograph", "epochs", "checkpoint_every", "batch_positive",
+                     "max_unlabeled", "unlabeled_pool", "crop", "batch_labeled", "k", "coarse",
+                     "tile", "steps", "n_micrographs", "n_tomograms", "n_species"), _COUNT),
+    **dict.fromkeys(("student_steps", "exemplars_per_step", "input_size", "max_shift",
+                     "train_blocks", "dropblock", "batch_unlabeled", "gallery", "batch_size"),
+                    _COUNT_ZERO_UP),
+    **dict.fromkeys(("pseudo_threshold", "shoulder_dip"), _SHARE_ABOVE_0),
+    "seed": (0, 2 ** 32 - 1, False, False, "a whole number from 0 to 2^32 - 1"),
+    "freeze_blocks": (-1, _INF, False, True, "-1 (half of a pretrained encoder's blocks) or 0 "
+                                             "or more"),
+    "views": (1, 6, False, False, "from 1 to 6 (the views of a crop)"),
+    "PretrainConfig.batch_size": _COUNT,  # where 0 is no default
+}
+
+
+#: what 0 means, for the settings where it means the same in every command
+ZERO_MEANS = {"batch_size": "the device's default", "stride": "a fifth of the box",
+              "min_distance": "the particle radius", "pixel_size": "the headers'",
+              "model_pixel_size": "as the model records", "student": "off",
+              "max_overlap": "off", "shoulder_reach": "off", "exemplars_per_step": "all",
+              "student_steps": "no student", "input_size": "the pretrained model's",
+              "sigma": "box / 8", "radius": "half the box"}
+
+
+def check_ranges(config: Any, flags: Optional[dict] = None) -> None:
+    """Refuse, in one sentence naming its flag (``flags``: argparse destination -> field;
+    without them the field), a numeric setting outside :data:`RANGES`, NaN and infinities
+    included."""
+    names = {field: "--" + dest.replace("_", "-") for dest, field in (flags or {}).items()}
+    other = "{} (in --config)" if flags else "{}"
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        rule = RANGES.get(f"{type(config).__name__}.{field.name}", RANGES.get(field.name))
+        if rule is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        lo, hi, lo_out, hi_out, what = rule
+        inside = (lo < value if lo_out else lo <= value) and (value < hi if hi_out else
+                                                              value <= hi)
+        if not inside:  # NaN is inside nothing
+            name = names.get(field.name, other.format(field.name))
+            zero = f" (0 = {ZERO_MEANS[field.name]})" if field.name in ZERO_MEANS and lo == 0 \
+                else ""
+            raise InputError(f"{name} {value}: must be {what}{zero}.")
+
+
 def load_config(cls: Type[T], path: str | os.PathLike) -> T:
     """Read a config JSON file (a run record or a bare dict) into ``cls``."""
     path = Path(path)

@@ -8,11 +8,11 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Type, TypeVar
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Type, TypeVar
 
 from tqdm import tqdm
 
-from ..config import from_dict, load_config, to_dict, write_run_record
+from ..config import check_ranges, from_dict, load_config, to_dict, write_run_record
 from ..errors import InputError
 from ..io.atomic import write_text_atomic
 from ..io.coordinates import micrograph_key
@@ -62,13 +62,18 @@ def build_config(cls: Type[T], args: argparse.Namespace, flags: dict) -> T:
         value = getattr(args, dest, None)
         if value is not None:
             values[name] = value
-    return from_dict(cls, values)
+    cfg = from_dict(cls, values)
+    check_ranges(cfg, flags)
+    return cfg
 
 
 def start_run(command: str, cls: Type[T], args: argparse.Namespace, flags: dict,
-              out: Optional[Path] = None) -> tuple:
-    """Build the command's config and record it: returns ``(config, output folder)``."""
+              out: Optional[Path] = None, check: Optional[Callable[[T], None]] = None) -> tuple:
+    """Build the command's config, ``check`` it, and record it: returns ``(config, output
+    folder)``. A refused setting leaves no output folder behind."""
     cfg = build_config(cls, args, flags)
+    if check is not None:
+        check(cfg)
     out = Path(out or args.out)
     write_run_record(out, command, cfg)
     return cfg, out

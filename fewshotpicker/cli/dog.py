@@ -7,6 +7,7 @@ from ..config import DogConfig
 from ..errors import InputError, none_picked
 from ..io.coordinates import write_autopick
 from ..picking.run_dog import dog_pick_micrographs
+from ..picking.threshold import fixed_rule
 from .common import (IMAGES_HELP, add_config_argument, expand_images, log, progress, start_run,
                      write_summary)
 
@@ -28,11 +29,23 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def refuse_bad_settings(cfg: DogConfig) -> None:
+    """Raise InputError (one sentence naming the flag) for a setting no run could use (the
+    ranges of numbers are checked with the config)."""
+    if cfg.diameter == 0:
+        raise InputError("The particle diameter (--diameter, px) is required.")
+    if cfg.threshold != "auto":
+        try:
+            height = float(cfg.threshold)
+        except ValueError:
+            raise InputError(f"--threshold {cfg.threshold!r}: must be 'auto' or a height in "
+                             f"robust standard deviations.") from None
+        fixed_rule(height)
+
+
 def run(args: argparse.Namespace) -> int:
     mics = expand_images(args.micrographs)
-    cfg, out = start_run("dog", DogConfig, args, FLAGS)
-    if cfg.diameter <= 0:
-        raise InputError("The particle diameter (--diameter, px) is required.")
+    cfg, out = start_run("dog", DogConfig, args, FLAGS, check=refuse_bad_settings)
     picks, thresholds, failed = dog_pick_micrographs(mics, cfg,
                                                      lambda it: progress(it, "dog"))
     done = [str(m) for m in mics if str(m) not in failed]

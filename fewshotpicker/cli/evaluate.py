@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     picks_path = Path(args.picks)
     cfg, out = start_run("evaluate", EvaluateConfig, args, FLAGS, args.out or
                          (picks_path if picks_path.is_dir() else picks_path.parent) / "evaluation")
-    if cfg.box <= 0:
+    if cfg.box == 0:
         raise InputError("The box size (--box, px) is required to match picks to particles.")
     mics = [str(m) for m in expand_images(args.micrographs)] if args.micrographs else None
     report = evaluate_all(picks, truth, cfg.box, cfg.conventions, cfg.radius or None, mics)

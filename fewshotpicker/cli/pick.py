@@ -137,43 +137,20 @@ def add_parser(sub) -> None:
 
 def refuse_bad_settings(cfg: PickConfig) -> None:
     """Raise InputError (one sentence naming the flag) for a setting no run could use, before
-    any micrograph is read."""
+    any micrograph is read (beyond the ranges of :data:`~fewshotpicker.config.RANGES`)."""
     if not cfg.model:
         raise InputError("A model is required (--model, the folder of a 'train' run).")
     resolved_rule(cfg.threshold)  # refuses an unknown rule before any work
-    if cfg.coarse < 1:
-        raise InputError(f"--coarse {cfg.coarse}: must be 1 (every window) or more.")
     if cfg.coarse > 2:
         log.warning("--coarse %d: a grid that coarse misses the narrow score peaks (on "
                     "EMPIAR-10028 F1 0.76 at 3 against 0.85 at 2); 1 or 2 is advised.",
                     cfg.coarse)
-    if not 0 <= cfg.student <= 1:
-        raise InputError(f"--student {cfg.student}: the share of the student's peaks the encoder "
-                         f"re-scores must lie in [0, 1] (0 = off).")
-    if cfg.batch_size < 0:
-        raise InputError(f"--batch-size {cfg.batch_size}: must be 0 (the device's default) or "
-                         f"more windows.")
-    if cfg.shoulder_reach < 0 or not 0 < cfg.shoulder_dip <= 1:
-        raise InputError(f"--shoulder-reach {cfg.shoulder_reach} / --shoulder-dip "
-                         f"{cfg.shoulder_dip}: the reach must be 0 (off) or more boxes and the "
-                         f"dip a share of the peak's height in (0, 1].")
     if not (cfg.max_contrast == 0 or cfg.max_contrast >= 1):  # also refuses nan
         raise InputError(f"--max-contrast {cfg.max_contrast}: must be 0 (off) or at least 1 "
                          f"(times the exemplars' window contrast; 2.5 by default).")
     if not 0 <= cfg.surround <= 10:  # also refuses nan
         raise InputError(f"--surround {cfg.surround}: must be 0 (off) or a weight up to 10 "
                          f"(0.5 by default).")
-    if not 0 <= cfg.max_overlap <= 1:  # also refuses nan
-        raise InputError(f"--max-overlap {cfg.max_overlap}: must be 0 (off) or a share of the "
-                         f"picks up to 1 (0.01 by default).")
-    for flag, value in (("--pixel-size", cfg.pixel_size),
-                        ("--model-pixel-size", cfg.model_pixel_size)):
-        if not 0 <= value < float("inf"):  # also refuses nan
-            raise InputError(f"{flag} {value}: must be a pixel size in Å (more than 0), or 0 "
-                             f"for the default.")
-    if not cfg.exclude_border >= 0:  # also refuses nan
-        raise InputError(f"--exclude-border {cfg.exclude_border}: must be 0 (no margin) or more "
-                         f"pixels.")
 
 
 def log_summary(summary: dict, out: Path) -> None:
@@ -196,8 +173,7 @@ def log_summary(summary: dict, out: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     mics = expand_images(args.micrographs)
-    cfg, out = start_run("pick", PickConfig, args, FLAGS)
-    refuse_bad_settings(cfg)
+    cfg, out = start_run("pick", PickConfig, args, FLAGS, check=refuse_bad_settings)
     results = score_all(cfg, mics, lambda it, total: progress(it, "pick", total))
     good = [r for r in results.values() if not isinstance(r, str)]
     if not good:  # the summary still names each micrograph and its reason (Scipion reads it)

@@ -211,7 +211,7 @@ def resolved_rule(rule: Union[str, float], anchor: Optional[float] = None,
     ``anchor`` cosine is known and (if given) ``n_scores`` fill three mixture classes, else
     ``'gmm'``; a number is ``'fixed'``. Refuses an unknown rule with one sentence."""
     if isinstance(rule, (int, float)):
-        return "fixed"
+        return fixed_rule(rule)
     if rule == "auto":
         known = anchor is not None and np.isfinite(anchor)
         enough = n_scores is None or n_scores >= 3 * PER_CLASS
@@ -219,10 +219,18 @@ def resolved_rule(rule: Union[str, float], anchor: Optional[float] = None,
     if rule in RULES:
         return rule
     try:
-        float(rule)
+        value = float(rule)
     except ValueError:
         raise InputError(f"Threshold {rule!r} is not one of {', '.join(RULES)} "
                          f"or a number.") from None
+    return fixed_rule(value)
+
+
+def fixed_rule(value: float) -> str:
+    """``'fixed'`` for a finite cutoff; a NaN or infinite one (which keeps every pick or
+    none) is refused with one sentence."""
+    if not np.isfinite(value):
+        raise InputError(f"Threshold {value}: a fixed cutoff must be a finite number.")
     return "fixed"
 
 

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import PruneConfig, to_dict
+from ..config import PruneConfig, check_ranges, to_dict
 from ..data.regions import Preprocess, random_views, rotations90, view_window_size
 from ..device import autocast, precision_autocast, resolve_device
 from ..errors import InputError
@@ -91,6 +91,7 @@ def build_classifier(cfg: PruneConfig, device: torch.device) -> tuple:
 def check_settings(cfg: PruneConfig, picks: pd.DataFrame, positives: pd.DataFrame,
                    sources: tuple) -> None:
     """Refuse empty inputs and impossible settings with one sentence each."""
+    check_ranges(cfg)
     if len(picks) == 0:
         raise InputError(f"{sources[0]}: holds no picks to prune.")
     if len(positives) < MIN_EXEMPLARS:

@@ -133,20 +133,28 @@ def test_bad_input_gives_one_sentence_and_exit_2(tmp_path, capsys):
             "--out", str(tmp_path / "q")]
     for flags, message in (
             (["--threshold", "median"], "Threshold 'median' is not"),
-            (["--coarse", "0"], "--coarse 0: must be 1 (every window) or more."),
-            (["--batch-size", "-8"], "--batch-size -8: must be 0 (the device's default)"),
-            (["--student", "1.5"], "--student 1.5: the share of the student's peaks"),
-            (["--shoulder-dip", "1.5"], "the dip a share of the peak's height in (0, 1]."),
+            (["--coarse", "0"], "--coarse 0: must be a whole number, 1 or more."),
+            (["--batch-size", "-8"], "--batch-size -8: must be a whole number, 0 or more (0 = "
+                                     "the device's default)."),
+            (["--student", "1.5"], "--student 1.5: must be a share from 0 to 1 (0 = off)."),
+            (["--shoulder-dip", "1.5"], "--shoulder-dip 1.5: must be a share above 0 and at most"),
+            (["--shoulder-reach", "nan"], "--shoulder-reach nan: must be 0 or more, a finite"),
             (["--max-contrast", "0.5"], "--max-contrast 0.5: must be 0 (off) or at least 1"),
             (["--max-contrast", "nan"], "--max-contrast nan: must be 0 (off) or at least 1"),
             (["--surround", "-0.5"], "--surround -0.5: must be 0 (off) or a weight up to 10"),
             (["--surround", "nan"], "--surround nan: must be 0 (off) or a weight up to 10"),
-            (["--max-overlap", "2"], "--max-overlap 2.0: must be 0 (off) or a share of the"),
-            (["--max-overlap", "nan"], "--max-overlap nan: must be 0 (off) or a share of the"),
-            (["--pixel-size", "-1"], "--pixel-size -1.0: must be a pixel size in Å (more"),
-            (["--model-pixel-size", "nan"], "--model-pixel-size nan: must be a pixel size in"),
-            (["--pixel-size", "inf"], "--pixel-size inf: must be a pixel size in Å (more"),
-            (["--exclude-border", "-5"], "--exclude-border -5.0: must be 0 (no margin) or")):
+            (["--max-overlap", "2"], "--max-overlap 2.0: must be a share from 0 to 1 (0 = off)."),
+            (["--max-overlap", "nan"], "--max-overlap nan: must be a share from 0 to 1"),
+            (["--pixel-size", "-1"], "--pixel-size -1.0: must be 0 or more, a finite number (0 "
+                                    "= the headers')."),
+            (["--model-pixel-size", "nan"], "--model-pixel-size nan: must be 0 or more"),
+            (["--pixel-size", "inf"], "--pixel-size inf: must be 0 or more, a finite number"),
+            (["--exclude-border", "-5"], "--exclude-border -5.0: must be 0 or more, a finite"),
+            (["--stride", "nan"], "--stride nan: must be 0 or more, a finite number (0 = a "
+                                  "fifth of the box)."),
+            (["--threshold", "nan"], "Threshold nan: a fixed cutoff must be a finite number."),
+            (["--quantile", "1.5"], "--quantile 1.5: must be a share from 0 to 1."),
+            (["--k", "0"], "--k 0: must be a whole number, 1 or more.")):
         code, _, err = run(capsys, *pick, *flags)
         assert code == 2 and message in err, flags
     assert len(err.strip().splitlines()) == 1
@@ -196,6 +204,45 @@ def test_demo_main_job_writes_picks_report_and_scores(tmp_path, capsys):
     record = json.loads((tmp_path / "picks" / "thresholds" / "mic_001.json").read_text())
     assert -1.0 <= record["exemplar_anchor"] <= 1.0
     assert record["rule"] == ("anchored" if record["candidates"] >= 75 else "gmm")
+
+
+def test_every_command_refuses_numbers_out_of_range_naming_the_flag(tiny, tmp_path, capsys):
+    """NaN, infinities and negative counts used to reach the arithmetic (a ValueError
+    traceback from the optimiser, 'cannot convert float NaN to integer' blamed on a
+    micrograph, or a run that silently picked nothing); now they stop before any work."""
+    mics, ex = str(tiny / "micrographs"), str(tiny / "exemplars.star")
+    out = str(tmp_path / "o")
+    for argv, message in (
+            (["pretrain", "--micrographs", mics, "--lr", "nan"], "--lr nan: must be a finite "
+                                                                 "number above 0."),
+            (["pretrain", "--micrographs", mics, "--mask-ratio", "1"], "--mask-ratio 1.0: must "
+                                                                       "be a share above 0"),
+            (["pretrain", "--micrographs", mics, "--box", "-1"], "--box -1.0: must be 0 or more"),
+            (["train", "--micrographs", mics, "--exemplars", ex, "--box", "40", "--tau", "0"],
+             "--tau 0.0: must be a finite number above 0."),
+            (["train", "--micrographs", mics, "--exemplars", ex, "--box", "40", "--seed", "-1"],
+             "--seed -1: must be a whole number from 0 to 2^32 - 1."),
+            (["train", "--micrographs", mics, "--exemplars", ex, "--box", "40",
+              "--freeze-blocks", "-2"], "--freeze-blocks -2: must be -1 (half of a pretrained"),
+            (["prune", "--micrographs", mics, "--picks", ex, "--exemplars", ex, "--lr", "-1"],
+             "--lr -1.0: must be a finite number above 0."),
+            (["prune", "--micrographs", mics, "--picks", ex, "--exemplars", ex,
+              "--max-unlabeled", "-1"], "--max-unlabeled -1: must be a whole number, 1 or more."),
+            (["pick3d", "--tomograms", mics, "--box", "10", "--views", "7"], "--views 7: must be "
+                                                                            "from 1 to 6"),
+            (["dog", "--micrographs", mics, "--diameter", "inf"], "--diameter inf: must be 0 or "
+                                                                  "more, a finite number."),
+            (["dog", "--micrographs", mics, "--diameter", "20", "--threshold", "nan"],
+             "Threshold nan: a fixed cutoff must be a finite number.")):
+        code, _, err = run(capsys, *argv, "--out", out)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, argv
+        assert not (tmp_path / "o").exists(), argv  # refused before the run record
+    code, _, err = run(capsys, "evaluate", "--picks", ex, "--truth", ex, "--box", "nan")
+    assert code == 2 and "--box nan: must be 0 or more, a finite number." in err
+    (tmp_path / "run.json").write_text(json.dumps({"warmup": 2.0}))
+    code, _, err = run(capsys, "train", "--micrographs", mics, "--exemplars", ex, "--box", "40",
+                       "--config", str(tmp_path / "run.json"), "--out", out)
+    assert code == 2 and "warmup (in --config) 2.0: must be a share from 0 to 1." in err
 
 
 def test_inspect_describes_a_checkpoint_and_refuses_other_files(tmp_path, capsys):

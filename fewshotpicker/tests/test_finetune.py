@@ -307,11 +307,12 @@ def test_a_run_saved_before_exemplars_per_step_and_student_precision_existed_res
     # a cap below the exemplar count trains differently from that run: refused, named
     with pytest.raises(InputError, match="exemplars_per_step differ"):
         finetune(replace(cfg, steps=4, exemplars_per_step=3), mics[:1], exemplars, tmp_path)
-    with pytest.raises(InputError, match="--exemplars-per-step is -1; it must be 0"):
+    with pytest.raises(InputError, match="exemplars_per_step -1: must be a whole number, 0 or "
+                                         "more .0 = all.."):
         finetune(replace(cfg, exemplars_per_step=-1), mics[:1], exemplars, tmp_path / "neg")
     with pytest.raises(InputError, match="--student-precision is 'fp16'; it must be one of"):
         finetune(replace(cfg, student_precision="fp16"), mics[:1], exemplars, tmp_path / "p")
-    with pytest.raises(InputError, match=r"--pixel-size inf: must be the micrographs' pixel"):
+    with pytest.raises(InputError, match=r"pixel_size inf: must be 0 or more, a finite number"):
         finetune(replace(cfg, pixel_size=float("inf")), mics[:1], exemplars, tmp_path / "p")
     assert not (tmp_path / "p").exists()       # refused before any work
 

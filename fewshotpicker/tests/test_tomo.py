@@ -304,8 +304,11 @@ def test_pick3d_refuses_a_pseudo_threshold_outside_0_1(tmp_path):
     from fewshotpicker.config import Pick3dConfig
     from fewshotpicker.errors import InputError
     from fewshotpicker.tomo.run import check_settings
-    with pytest.raises(InputError, match="--pseudo-threshold is a fraction"):
+    with pytest.raises(InputError, match="pseudo_threshold 0.0: must be a share above 0 and at "
+                                         "most 1."):
         check_settings(Pick3dConfig(box=16, model="m.pt", pseudo_threshold=0.0), None, "labels")
+    with pytest.raises(InputError, match="ema nan: must be a share from 0 to 1."):
+        check_settings(Pick3dConfig(box=16, model="m.pt", ema=float("nan")), None, "labels")
     with pytest.raises(InputError, match="--species-by must be one of profile, network"):
         check_settings(Pick3dConfig(box=16, model="m.pt", species_by="size"), None, "labels")
 

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from scipy.spatial import cKDTree
 
-from ..config import Pick3dConfig, to_dict
+from ..config import Pick3dConfig, check_ranges, to_dict
 from ..device import resolve_device
 from ..errors import InputError
 from ..io.checkpoint import MODEL_FILE, load_checkpoint, load_state_strict, \
@@ -34,6 +34,7 @@ SPECIES_RULES = ("profile", "network")
 
 def check_settings(cfg: Pick3dConfig, labels: Optional[pd.DataFrame], source: str) -> None:
     """Refuse missing box, unknown size, too few labels, a bad threshold."""
+    check_ranges(cfg)
     if cfg.box <= 0:
         raise InputError("The particle diameter (--box, voxels) is required.")
     if cfg.size not in UNET_SIZES:
@@ -41,9 +42,6 @@ def check_settings(cfg: Pick3dConfig, labels: Optional[pd.DataFrame], source: st
     if not cfg.model and (labels is None or len(labels) < MIN_LABELS):
         raise InputError(f"{source}: holds {0 if labels is None else len(labels)} label(s); "
                          f"at least {MIN_LABELS} are needed to train.")
-    if not 0 < cfg.pseudo_threshold <= 1:
-        raise InputError(f"--pseudo-threshold is a fraction of the response at the labels, "
-                         f"above 0 and at most 1, not {cfg.pseudo_threshold}.")
     if cfg.species_by not in SPECIES_RULES:
         raise InputError(f"--species-by must be one of {', '.join(SPECIES_RULES)}, "
                          f"not {cfg.species_by!r}.")

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ..config import TrainConfig, to_dict
+from ..config import TrainConfig, check_ranges, to_dict
 from ..data.regions import (Preprocess, check_inside, crop_windows, normalize_regions,
                             prepare_micrograph, random_centres, random_views, rotations90,
                             view_window_size, window_contrast_at)
@@ -244,17 +244,12 @@ def finished_student(out_dir: Path, config: dict, steps: int) -> Optional[dict]:
 
 def check_settings(cfg: TrainConfig, n_exemplars: int, source: str) -> None:
     """Refuse, in one sentence each, settings fine-tuning cannot use, before any work."""
+    check_ranges(cfg)
     if cfg.box <= 0:
         raise InputError("The particle box size (--box, px) is required for training.")
-    if cfg.exemplars_per_step < 0:
-        raise InputError(f"--exemplars-per-step is {cfg.exemplars_per_step}; it must be 0 (all "
-                         f"exemplars every step) or a positive number.")
     if cfg.student_precision not in PRECISIONS:
         raise InputError(f"--student-precision is {cfg.student_precision!r}; it must be one of "
                          f"{', '.join(PRECISIONS)}.")
-    if not 0 <= cfg.pixel_size < float("inf"):  # also refuses nan
-        raise InputError(f"--pixel-size {cfg.pixel_size}: must be the micrographs' pixel size "
-                         f"in Å (more than 0), or 0 to read it from their headers.")
     if cfg.pooling and cfg.pooling not in ("mean", "cls"):
         raise InputError(f"Pooling {cfg.pooling!r} is not 'mean' or 'cls'.")
     if n_exemplars < MIN_EXEMPLARS:
