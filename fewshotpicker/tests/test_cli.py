@@ -245,6 +245,36 @@ def test_every_command_refuses_numbers_out_of_range_naming_the_flag(tiny, tmp_pa
     assert code == 2 and "warmup (in --config) 2.0: must be a share from 0 to 1." in err
 
 
+def test_nan_in_any_numeric_flag_of_any_command_is_refused_naming_the_flag(tiny, tmp_path,
+                                                                          capsys):
+    """The probe of session 39 as a test: every float flag of every command that takes
+    inputs, given NaN, stops before any work with one sentence naming that flag."""
+    import argparse
+    from fewshotpicker.cli.main import build_parser
+    mics, ex = str(tiny / "micrographs"), str(tiny / "exemplars.star")
+    bases = {"pick": ["--model", str(tmp_path), "--micrographs", mics],
+             "dog": ["--micrographs", mics, "--diameter", "20"],
+             "evaluate": ["--picks", ex, "--truth", ex, "--box", "40"],
+             "prune": ["--micrographs", mics, "--picks", ex, "--exemplars", ex],
+             "pretrain": ["--micrographs", mics],
+             "train": ["--micrographs", mics, "--exemplars", ex, "--box", "40"],
+             "pick3d": ["--tomograms", mics, "--box", "10"]}
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    tried = 0
+    for command, base in bases.items():
+        for action in sub.choices[command]._actions:
+            if action.type is not float:
+                continue
+            flag = action.option_strings[0]
+            out = [] if command == "evaluate" else ["--out", str(tmp_path / "o")]
+            code, _, err = run(capsys, command, *base, flag, "nan", *out)
+            assert code == 2 and len(err.strip().splitlines()) == 1, (command, flag, err)
+            assert f"{flag} nan" in err or "Threshold nan" in err, (command, flag, err)
+            assert not (tmp_path / "o").exists(), (command, flag)
+            tried += 1
+    assert tried >= 30  # 35 when written
+
+
 def test_inspect_describes_a_checkpoint_and_refuses_other_files(tmp_path, capsys):
     import torch
     from fewshotpicker.data.regions import Preprocess
