@@ -160,6 +160,11 @@ def _write_star(blocks: Mapping[str, pd.DataFrame], path: Path) -> Path:
 def write_coordinate_table(coords: pd.DataFrame, path: str | os.PathLike,
                            with_scores: bool = False) -> Path:
     """Write an exemplar / truth table: ``rlnMicrographName``, ``rlnCoordinateX/Y[/Z]``."""
+    return _write_star({"": _coordinate_frame(coords, with_scores)}, Path(path))
+
+
+def _coordinate_frame(coords: pd.DataFrame, with_scores: bool) -> pd.DataFrame:
+    """The STAR columns of a coordinate table, micrograph names included."""
     three_d = "z" in coords
     name_col = "rlnTomoName" if three_d else "rlnMicrographName"
     df = pd.DataFrame({name_col: coords["micrograph"].astype(str),
@@ -171,7 +176,7 @@ def write_coordinate_table(coords: pd.DataFrame, path: str | os.PathLike,
         df["rlnClassNumber"] = coords["class"].astype(int)
     if with_scores and "score" in coords:
         df["rlnAutopickFigureOfMerit"] = coords["score"].astype(float)
-    return _write_star({"": df}, Path(path))
+    return df
 
 
 def _autopick_table(picks: pd.DataFrame) -> pd.DataFrame:
@@ -189,7 +194,10 @@ def _autopick_table(picks: pd.DataFrame) -> pd.DataFrame:
 
 def write_autopick(picks: pd.DataFrame, out_dir: str | os.PathLike,
                    micrographs: Optional[Iterable[str]] = None) -> Path:
-    """Write RELION autopick output: one ``<stem>_autopick.star`` per micrograph + index.
+    """Write RELION autopick output: one ``<stem>_autopick.star`` per micrograph + index,
+    and every pick in one table, ``picks.star`` (block ``particles``: ``rlnMicrographName``,
+    coordinates, class, figure of merit), the form of file cryoSPARC's Import Particle
+    Stack takes as its particle meta path.
 
     Parameters
     ----------
@@ -211,6 +219,8 @@ def write_autopick(picks: pd.DataFrame, out_dir: str | os.PathLike,
         star = out_dir / f"{key}_autopick.star"
         _write_star({"": _autopick_table(mine)}, star)
         index_rows.append((name, str(star)))
+    _write_star({"particles": _coordinate_frame(picks.assign(
+        micrograph=picks["micrograph"].astype(str)), with_scores=True)}, out_dir / "picks.star")
     index = pd.DataFrame(index_rows, columns=["rlnMicrographName", "rlnMicrographCoordinates"])
     return _write_star({"coordinate_files": index}, out_dir / "autopick.star")
 

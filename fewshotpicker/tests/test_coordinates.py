@@ -42,6 +42,15 @@ def test_autopick_round_trip_and_relion_layout(tmp_path):
     assert len(starfile.read(index)) == 3
     # a folder is read through its index
     assert len(read_coordinates(tmp_path)) == 3
+    # every pick in one table with its micrograph's name: cryoSPARC's particle meta file
+    table = starfile.read(tmp_path / "picks.star", always_dict=True)
+    assert list(table) == ["particles"]
+    assert list(table["particles"].columns) == ["rlnMicrographName", "rlnCoordinateX",
+                                                "rlnCoordinateY", "rlnClassNumber",
+                                                "rlnAutopickFigureOfMerit"]
+    together = read_coordinates(tmp_path / "picks.star")
+    assert together["micrograph"].tolist() == picks["micrograph"].tolist()
+    np.testing.assert_allclose(together[["x", "y", "score"]], picks[["x", "y", "score"]])
 
 
 def test_coordinate_table_round_trip(tmp_path):
