@@ -348,6 +348,8 @@ class PickConfig:
     compile: bool = False             # GPU: compile the scoring encoder's norms (5-10 s once)
     plots: bool = False               # also save a PNG histogram per micrograph
     candidates: bool = False          # also write candidates.star: every peak, below the cutoff too
+    only_unfinished: bool = False     # keep micrographs a run with the same settings and model
+                                      # finished in this output folder (RELION's only_do_unfinished)
     seed: int = 0
 
 

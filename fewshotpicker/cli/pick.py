@@ -15,7 +15,7 @@ from ..config import PickConfig
 from ..device import PRECISIONS
 from ..errors import InputError, none_picked
 from ..picking.threshold import resolved_rule
-from ..picking.run import apply_global_quantile, score_all, write_pick_outputs
+from ..picking.run import pick_micrographs
 from .common import (IMAGES_HELP, add_config_argument, expand_images, log, progress, start_run,
                      write_summary)
 
@@ -30,7 +30,7 @@ FLAGS = {"model": "model", "stride": "stride", "coarse": "coarse", "student": "s
          "model_pixel_size": "model_pixel_size", "edge_windows": "edge_windows",
          "batch_size": "batch_size", "device": "device",
          "precision": "precision", "compile": "compile", "plots": "plots",
-         "candidates": "candidates"}
+         "candidates": "candidates", "only_unfinished": "only_unfinished"}
 
 
 def add_parser(sub) -> None:
@@ -131,6 +131,12 @@ def add_parser(sub) -> None:
     p.add_argument("--candidates", action="store_const", const=True,
                    help="also write candidates.star with every peak and its score, below the "
                         "cutoff too (for precision-recall curves)")
+    p.add_argument("--only-unfinished", action="store_const", const=True,
+                   help="keep the micrographs that a run with the same settings and the same "
+                        "model file already picked into --out (their STAR files and records "
+                        "are whole) and pick only the rest, e.g. after an interrupted run or "
+                        "when more micrographs arrive; each micrograph's files are written as "
+                        "soon as it is picked")
     add_config_argument(p)
     p.set_defaults(func=run)
 
@@ -145,6 +151,12 @@ def refuse_bad_settings(cfg: PickConfig) -> None:
         log.warning("--coarse %d: a grid that coarse misses the narrow score peaks (on "
                     "EMPIAR-10028 F1 0.76 at 3 against 0.85 at 2); 1 or 2 is advised.",
                     cfg.coarse)
+    if cfg.only_unfinished and (cfg.threshold == "quantile" or cfg.candidates):
+        raise InputError("--only-unfinished cannot keep micrographs picked before with "
+                         + ("--threshold quantile, whose one cutoff needs every micrograph's "
+                            "candidates." if cfg.threshold == "quantile" else
+                            "--candidates, whose table needs every micrograph's peaks, which "
+                            "are not saved."))
     if not (cfg.max_contrast == 0 or cfg.max_contrast >= 1):  # also refuses nan
         raise InputError(f"--max-contrast {cfg.max_contrast}: must be 0 (off) or at least 1 "
                          f"(times the exemplars' window contrast; 2.5 by default).")
@@ -174,15 +186,9 @@ def log_summary(summary: dict, out: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     mics = expand_images(args.micrographs)
     cfg, out = start_run("pick", PickConfig, args, FLAGS, check=refuse_bad_settings)
-    results = score_all(cfg, mics, lambda it, total: progress(it, "pick", total))
-    good = [r for r in results.values() if not isinstance(r, str)]
-    if not good:  # the summary still names each micrograph and its reason (Scipion reads it)
-        write_summary(out, write_pick_outputs(results, cfg, out))
-        raise none_picked(results)
-    if cfg.threshold == "quantile":
-        cut = apply_global_quantile(good, cfg.quantile)
-        log.info("global cutoff %.4f (quantile %.2f of all candidate scores)", cut, cfg.quantile)
-    summary = write_pick_outputs(results, cfg, out)
-    write_summary(out, summary)
+    summary = pick_micrographs(cfg, mics, out, lambda it, total: progress(it, "pick", total))
+    write_summary(out, summary)  # when none was picked, it still names each one and why
+    if not summary["micrographs"]:
+        raise none_picked(summary["failed"])
     log_summary(summary, out)
     return 0

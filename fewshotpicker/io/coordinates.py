@@ -192,8 +192,14 @@ def _autopick_table(picks: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+def write_autopick_file(picks: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """One micrograph's RELION ``_autopick.star`` (coordinates, class, figure of merit)."""
+    return _write_star({"": _autopick_table(picks)}, Path(path))
+
+
 def write_autopick(picks: pd.DataFrame, out_dir: str | os.PathLike,
-                   micrographs: Optional[Iterable[str]] = None) -> Path:
+                   micrographs: Optional[Iterable[str]] = None,
+                   per_micrograph: bool = True) -> Path:
     """Write RELION autopick output: one ``<stem>_autopick.star`` per micrograph + index,
     and every pick in one table, ``picks.star`` (block ``particles``: ``rlnMicrographName``,
     coordinates, class, figure of merit), the form of file cryoSPARC's Import Particle
@@ -205,6 +211,8 @@ def write_autopick(picks: pd.DataFrame, out_dir: str | os.PathLike,
     out_dir : folder for the files; the index is ``out_dir/autopick.star``.
     micrographs : every micrograph name that was picked, so that micrographs
         with no picks still get an (empty) file and an index entry.
+    per_micrograph : False when each micrograph's file was written as it was picked
+        (:func:`write_autopick_file`): only the index and ``picks.star`` are written.
 
     Returns the index path. The index block is ``data_coordinate_files`` with
     ``rlnMicrographName`` and ``rlnMicrographCoordinates`` (the file path as
@@ -212,12 +220,14 @@ def write_autopick(picks: pd.DataFrame, out_dir: str | os.PathLike,
     """
     out_dir = Path(out_dir)
     names = list(dict.fromkeys(list(micrographs or []) + list(picks["micrograph"].astype(str))))
+    by_key = dict(tuple(picks.groupby(picks["micrograph"].astype(str).map(micrograph_key)))) \
+        if per_micrograph and len(picks) else {}
     index_rows = []
     for name in names:
         key = micrograph_key(name)
-        mine = picks[picks["micrograph"].astype(str).map(micrograph_key) == key]
         star = out_dir / f"{key}_autopick.star"
-        _write_star({"": _autopick_table(mine)}, star)
+        if per_micrograph:
+            write_autopick_file(by_key.get(key, picks.iloc[:0]), star)
         index_rows.append((name, str(star)))
     _write_star({"particles": _coordinate_frame(picks.assign(
         micrograph=picks["micrograph"].astype(str)), with_scores=True)}, out_dir / "picks.star")

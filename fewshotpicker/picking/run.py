@@ -6,16 +6,20 @@ calls into compiled ops go one at a time, since torch.compile is not
 thread-safe: :func:`~fewshotpicker.models.inference.one_at_a_time`). On CUDA out of
 memory the batch is halved and the micrograph retried; a micrograph that
 cannot be read or picked is reported and the others still finish. Each worker
-reads the next micrograph while it picks the current one.
+reads the next micrograph while it picks the current one. Each micrograph's files
+are written as soon as it is picked, so memory does not grow with the score maps
+of a long job and an interrupted one keeps what it finished; a rerun with
+``only_unfinished`` keeps those of the same settings and model and picks the rest.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
@@ -23,12 +27,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import PickConfig
+from ..config import PickConfig, to_dict
 from ..data.regions import Preprocess
 from ..device import resolve_devices
 from ..errors import InputError, failure_message
 from ..io.atomic import write_text_atomic
-from ..io.coordinates import (empty_coordinates, make_coordinates, micrograph_key, write_autopick,
+from ..io.checkpoint import resolve_model_file
+from ..io.coordinates import (empty_coordinates, make_coordinates, micrograph_key,
+                              read_star_coordinates, write_autopick, write_autopick_file,
                               write_coordinate_table)
 from ..io.mrc import pixel_size_mismatch, read_image
 from ..models.inference import scoring_encoder
@@ -131,7 +137,9 @@ def read_ahead(paths: List[Path], read: Callable) -> Iterator[tuple]:
 
 
 def _worker(model_path: str, device: torch.device, paths: List[Path], cfg: PickConfig,
-            results: Dict[str, object], tick: Callable, log_failures: bool = True) -> None:
+            results: Dict[str, object], tick: Callable, log_failures: bool = True,
+            on_done: Optional[Callable] = None,
+            stop: Optional[threading.Event] = None) -> None:
     model, payload = load_mae(model_path, device, kinds=["finetuned"])
     model = scoring_encoder(model, device, cfg.precision, cfg.compile)
     model_pixel_size = cfg.model_pixel_size or payload.get("pixel_size")
@@ -146,6 +154,8 @@ def _worker(model_path: str, device: torch.device, paths: List[Path], cfg: PickC
     batch = window_batch(cfg.batch_size, device)
     warned = False
     for path, reading in read_ahead(paths, lambda p: read_image(p, pre.box)):
+        if stop is not None and stop.is_set():  # interrupted: the micrograph at hand was last
+            break
         try:
             start = time.perf_counter()
             mrc = reading.result()
@@ -154,7 +164,7 @@ def _worker(model_path: str, device: torch.device, paths: List[Path], cfg: PickC
             image = mrc.data
             cands, batch = pick_with_retry(model, bank, image, pre, cfg, device, batch, student)
             cands.seconds = time.perf_counter() - start
-            results[str(path)] = cands
+            results[str(path)] = on_done(str(path), cands) if on_done else cands
         except (InputError, RuntimeError, ValueError) as exc:
             results[str(path)] = failure_message(path, exc)
             if log_failures:  # a batch of one says it once, in the command's error
@@ -162,9 +172,11 @@ def _worker(model_path: str, device: torch.device, paths: List[Path], cfg: PickC
         tick()
 
 
-def score_all(cfg: PickConfig, micrographs: List[Path],
-              progress: Optional[Callable] = None) -> Dict[str, object]:
-    """Candidates (or an error message) for every micrograph, keyed by path string."""
+def score_all(cfg: PickConfig, micrographs: List[Path], progress: Optional[Callable] = None,
+              on_done: Optional[Callable] = None) -> Dict[str, object]:
+    """Candidates (or an error message) for every micrograph, keyed by path string;
+    ``on_done(name, candidates)``, when given, is called as each is picked and its return
+    value kept instead (so the score maps need not all stay in memory)."""
     devices = resolve_devices(cfg.device)
     for dev in devices:
         if dev.type == "cuda":
@@ -180,13 +192,17 @@ def score_all(cfg: PickConfig, micrographs: List[Path],
 
     results: Dict[str, object] = {}
     shards = [micrographs[i::len(devices)] for i in range(len(devices))]
+    stop = threading.Event()
     with ThreadPoolExecutor(max_workers=len(devices)) as pool:
         futures = [pool.submit(_worker, cfg.model, dev, shard, cfg, results, tick,
-                               len(micrographs) > 1)
+                               len(micrographs) > 1, on_done, stop)
                    for dev, shard in zip(devices, shards) if shard]
         try:
             for f in futures:
                 f.result()
+        except BaseException:  # Ctrl-C or an error: the other devices stop after their
+            stop.set()         # micrograph at hand instead of finishing their share
+            raise
         finally:  # an error (a wrong model, say) then starts on a line of its own
             if bar is not None:
                 bar.close()
@@ -213,10 +229,10 @@ def peak_gpu_memory_mb(cfg: PickConfig) -> Dict[str, float]:
             for d in resolve_devices(cfg.device) if d.type == "cuda"}
 
 
-def write_candidates(results: Dict[str, object], path: Path) -> Path:
+def write_candidates(picked: Dict[str, "Picked"], path: Path) -> Path:
     """Every peak of every micrograph with its score, above and below the cutoff."""
-    frames = [make_coordinates(name, res.xy, res.scores) for name, res in results.items()
-              if not isinstance(res, str) and len(res.scores)]
+    frames = [make_coordinates(name, p.all_xy, p.all_scores) for name, p in picked.items()
+              if p.all_xy is not None and len(p.all_scores)]
     table = pd.concat(frames, ignore_index=True) if frames else empty_coordinates()
     return write_coordinate_table(table, path, with_scores=True)
 
@@ -230,51 +246,149 @@ def crowded_record(res: Candidates) -> dict:
             "filled_to_valley": res.filled}
 
 
-def write_pick_outputs(results: Dict[str, object], cfg: PickConfig, out_dir: Path) -> dict:
-    """STAR files, per-micrograph threshold JSON (and PNG), and the summary dict."""
-    frames, summary, failed = [], {}, {}
-    for name, res in results.items():
-        if isinstance(res, str):
-            failed[name] = res
+@dataclass
+class Picked:
+    """One micrograph once its files are written: picks ``(n, 2)`` px, their scores ``(n,)``,
+    its threshold record, and every peak ``(m, 2)`` / ``(m,)`` when candidates are kept."""
+    xy: np.ndarray
+    scores: np.ndarray
+    record: dict
+    all_xy: Optional[np.ndarray] = None
+    all_scores: Optional[np.ndarray] = None
+
+
+#: settings that change no pick, left out of :func:`settings_digest`
+_NOT_SETTINGS = ("model", "device", "batch_size", "compile", "plots", "candidates",
+                 "only_unfinished")
+
+
+def settings_digest(cfg: PickConfig) -> str:
+    """A fingerprint of what decides a micrograph's picks: the settings and the model file
+    (path, size, modification time). A micrograph picked under another fingerprint is
+    picked again by ``--only-unfinished``."""
+    model = resolve_model_file(cfg.model)
+    values = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_SETTINGS}
+    if model.is_file():  # else loading it says what is wrong
+        stat = model.stat()
+        values["model_file"] = [str(model.resolve()), stat.st_size, stat.st_mtime_ns]
+    return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _nan_none(value: float, digits: Optional[int] = None):
+    if np.isnan(value):
+        return None
+    return round(value, digits) if digits is not None else value
+
+
+def micrograph_record(name: str, res: Candidates, cfg: PickConfig, digest: str) -> dict:
+    """What ``thresholds/<micrograph>.json`` says of one micrograph: cutoffs, counts, the
+    score histogram, seconds and the settings' fingerprint."""
+    return {"micrograph": name, "cutoff": res.cutoff, "rule": res.rule,
+            "encoder_cutoff": _nan_none(res.encoder_cutoff),
+            "student_cutoff": _nan_none(res.student_cutoff),
+            "fitted_cutoff": _nan_none(res.fitted_cutoff),
+            "surround": 0.0 if np.isnan(res.fitted_cutoff) else cfg.surround,
+            "unchecked_cutoff": _nan_none(res.unchecked_cutoff),
+            "overlapping_picks": res.overlapping,
+            **crowded_record(res),
+            "exemplar_anchor": _nan_none(res.anchor, 6),
+            "candidates": int(len(res.scores)),
+            "picks": int((res.scores > res.cutoff).sum()), "stride_px": res.score_map.stride_px,
+            "contrast_limit": _nan_none(res.contrast_limit, 4),
+            "dropped_for_contrast": res.too_contrasty,
+            "windows_scored": round(res.score_map.scored, 4),
+            "seconds": round(res.seconds, 3), "settings": digest,
+            "histogram": _histogram(res)}
+
+
+def write_micrograph_files(name: str, res: Candidates, cfg: PickConfig, out_dir: Path,
+                           digest: str) -> Picked:
+    """``<micrograph>_autopick.star`` and ``thresholds/<micrograph>.json`` (with ``--plots``
+    its PNGs) of one micrograph, written as soon as it is picked; returns what the run's
+    index and summary need, without the score map."""
+    key = micrograph_key(name)
+    xy, scores = res.kept()
+    record = micrograph_record(name, res, cfg, digest)
+    if cfg.plots:
+        thresholds = out_dir / "thresholds"
+        plot_score_histogram(res.scores, res.cutoff, thresholds / f"{key}.png", key)
+        plot_picks(read_image(name).data, res.score_map, xy, res.box,
+                   thresholds / f"{key}_picks.png",
+                   title=f"{key}: {len(xy)} picks above {res.cutoff:.3f}")
+    write_autopick_file(make_coordinates(name, xy, scores), out_dir / f"{key}_autopick.star")
+    write_text_atomic(out_dir / "thresholds" / f"{key}.json", json.dumps(record) + "\n")
+    keep_all = cfg.candidates
+    return Picked(xy, scores, record, res.xy if keep_all else None,
+                  res.scores if keep_all else None)
+
+
+def picked_before(micrographs: List[Path], out_dir: Path, digest: str) -> Dict[str, Picked]:
+    """The micrographs whose files in ``out_dir`` a run with the same settings and model
+    wrote (the threshold record last, so its presence means both are whole)."""
+    found = {}
+    for path in micrographs:
+        key = micrograph_key(str(path))
+        record_file = out_dir / "thresholds" / f"{key}.json"
+        star = out_dir / f"{key}_autopick.star"
+        try:
+            record = json.loads(record_file.read_text())
+            if record.get("settings") != digest or not star.exists():
+                continue
+            picks = read_star_coordinates(star)
+        except (OSError, ValueError, InputError):  # absent or unreadable: picked again
             continue
-        xy, scores = res.kept()
-        frames.append(make_coordinates(name, xy, scores))
-        key = micrograph_key(name)
-        record = {"micrograph": name, "cutoff": res.cutoff, "rule": res.rule,
-                  "encoder_cutoff": None if np.isnan(res.encoder_cutoff) else res.encoder_cutoff,
-                  "student_cutoff": None if np.isnan(res.student_cutoff) else res.student_cutoff,
-                  "fitted_cutoff": None if np.isnan(res.fitted_cutoff) else res.fitted_cutoff,
-                  "surround": 0.0 if np.isnan(res.fitted_cutoff) else cfg.surround,
-                  "unchecked_cutoff": None if np.isnan(res.unchecked_cutoff)
-                  else res.unchecked_cutoff,
-                  "overlapping_picks": res.overlapping,
-                  **crowded_record(res),
-                  "exemplar_anchor": None if np.isnan(res.anchor) else round(res.anchor, 6),
-                  "candidates": int(len(res.scores)),
-                  "picks": int(len(scores)), "stride_px": res.score_map.stride_px,
-                  "contrast_limit": None if np.isnan(res.contrast_limit)
-                  else round(res.contrast_limit, 4),
-                  "dropped_for_contrast": res.too_contrasty,
-                  "windows_scored": round(res.score_map.scored, 4),
-                  "histogram": _histogram(res)}
-        write_text_atomic(out_dir / "thresholds" / f"{key}.json", json.dumps(record) + "\n")
-        if cfg.plots:
-            plot_score_histogram(res.scores, res.cutoff, out_dir / "thresholds" / f"{key}.png",
-                                 key)
-            plot_picks(read_image(name).data, res.score_map, xy, res.box,
-                       out_dir / "thresholds" / f"{key}_picks.png",
-                       title=f"{key}: {len(xy)} picks above {res.cutoff:.3f}")
-        summary[name] = {"picks": record["picks"], "cutoff": res.cutoff, "rule": res.rule,
-                         "dropped_for_contrast": res.too_contrasty,
-                         "seconds": round(res.seconds, 3)}
-    frames = [f for f in frames if len(f)]
+        found[str(path)] = Picked(picks[["x", "y"]].to_numpy(float),
+                                  picks["score"].to_numpy(float), record)
+    return found
+
+
+def write_pick_outputs(results: Dict[str, object], cfg: PickConfig, out_dir: Path,
+                       digest: Optional[str] = None) -> dict:
+    """The run's index (``autopick.star``, ``picks.star``), candidates and summary dict, over
+    micrographs already written (:class:`Picked`), ones still to write (:class:`Candidates`,
+    after a global cutoff, or when the caller keeps the score maps) and failures (their
+    message)."""
+    digest = digest or settings_digest(cfg)
+    picked = {name: write_micrograph_files(name, res, cfg, out_dir, digest)
+              if isinstance(res, Candidates) else res
+              for name, res in results.items() if not isinstance(res, str)}
+    failed = {name: res for name, res in results.items() if isinstance(res, str)}
+    frames = [make_coordinates(name, p.xy, p.scores) for name, p in picked.items() if len(p.xy)]
     picks = pd.concat(frames, ignore_index=True) if frames else empty_coordinates()
-    done = [n for n in results if n not in failed]
-    write_autopick(picks, out_dir, done)
+    write_autopick(picks, out_dir, list(picked), per_micrograph=False)
     if cfg.candidates:
-        write_candidates(results, out_dir / "candidates.star")
-    seconds = [m["seconds"] for m in summary.values()]
+        write_candidates(picked, out_dir / "candidates.star")
+    summary = {name: {"picks": p.record["picks"], "cutoff": p.record["cutoff"],
+                      "rule": p.record["rule"],
+                      "dropped_for_contrast": p.record["dropped_for_contrast"],
+                      "seconds": p.record.get("seconds")} for name, p in picked.items()}
+    seconds = [m["seconds"] for m in summary.values() if m["seconds"] is not None]
     return {"micrographs": summary, "failed": failed, "n_picks": int(len(picks)),
             "unusual": summarise_counts(summary, out_dir / "summary.png", len(failed)),
             "seconds_per_micrograph": float(np.mean(seconds)) if seconds else None,
             "peak_gpu_memory_mb": peak_gpu_memory_mb(cfg)}
+
+
+def pick_micrographs(cfg: PickConfig, micrographs: List[Path], out_dir: Path,
+                     progress: Optional[Callable] = None) -> dict:
+    """The whole of ``pick``: score every micrograph (those a same-settings run finished
+    kept with ``cfg.only_unfinished``), write each one's files as it is done (after all of
+    them for a global quantile cutoff), then the index and summary; returns the summary
+    (``kept_from_before``: how many were kept). Raises when no micrograph could be picked."""
+    digest = settings_digest(cfg)
+    before = picked_before(micrographs, out_dir, digest) if cfg.only_unfinished else {}
+    if before:
+        log.info("%d of %d micrographs were picked before with these settings and this "
+                 "model: kept (--only-unfinished)", len(before), len(micrographs))
+    todo = [m for m in micrographs if str(m) not in before]
+    write_now = None if cfg.threshold == "quantile" else (
+        lambda name, res: write_micrograph_files(name, res, cfg, out_dir, digest))
+    scored = score_all(cfg, todo, progress, write_now) if todo else {}
+    results = {str(m): before.get(str(m), scored.get(str(m))) for m in micrographs}
+    fresh = [r for r in scored.values() if isinstance(r, Candidates)]
+    if cfg.threshold == "quantile" and fresh:
+        cut = apply_global_quantile(fresh, cfg.quantile)
+        log.info("global cutoff %.4f (quantile %.2f of all candidate scores)", cut, cfg.quantile)
+    summary = write_pick_outputs(results, cfg, out_dir, digest)
+    summary["kept_from_before"] = len(before)
+    return summary

@@ -1,5 +1,7 @@
 """Picking engine: window geometry, cutoffs, out-of-memory retry, failures that do not spread."""
 import json
+import os
+import threading
 import time
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from fewshotpicker.data.regions import (Preprocess, crop_windows, prepare_microg
                                         window_contrast_at, window_contrast_grid)
 from fewshotpicker.errors import InputError, failure_message, none_picked
 from fewshotpicker.io.checkpoint import save_checkpoint
+from fewshotpicker.io.coordinates import read_coordinates
 from fewshotpicker.io.mrc import read_image, write_mrc
 from fewshotpicker.models.mae import build_mae
 from fewshotpicker.picking import run as pick_run
@@ -520,6 +523,64 @@ def test_a_bad_micrograph_is_reported_and_the_others_are_picked(random_model, tm
     record = json.loads((tmp_path / "out" / "thresholds" / "m0.json").read_text())
     # this model does not say how many exemplars its bank holds: the BIC mixture decides
     assert record["rule"] == "gmm" and record["exemplar_anchor"] is None
+
+
+def test_an_interrupted_pick_keeps_what_it_finished_and_only_unfinished_picks_the_rest(
+        random_model, tmp_path, monkeypatch):
+    rng = np.random.default_rng(2)
+    mics = [str(write_mrc(tmp_path / f"m{i}.mrc", rng.normal(size=(96, 120)))) for i in range(3)]
+    common = ["pick", "--model", str(random_model), "--micrographs", *mics, "--device", "cpu"]
+    assert main(common + ["--out", str(tmp_path / "whole")]) == 0
+    picked, real = [], pick_run.pick_with_retry
+
+    def counting(*args, **kwargs):
+        picked.append(1)
+        if interrupt_at and len(picked) == interrupt_at:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(pick_run, "pick_with_retry", counting)
+    out = tmp_path / "run"
+
+    def table(folder, key):  # a STAR file without its time-stamped header comment
+        text = (folder / f"{key}_autopick.star").read_text()
+        return [line for line in text.splitlines() if not line.startswith("#")]
+    interrupt_at = 3  # Ctrl-C during the third micrograph
+    assert main(common + ["--out", str(out)]) == 130
+    assert sorted(p.name for p in (out / "thresholds").glob("*.json")) == ["m0.json", "m1.json"]
+    assert not (out / "autopick.star").exists()  # the index comes at the end
+    assert table(out, "m0") == table(tmp_path / "whole", "m0")
+    picked.clear()
+    interrupt_at = 0
+    assert main(common + ["--out", str(out), "--only-unfinished"]) == 0
+    assert len(picked) == 1  # m2 alone
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["kept_from_before"] == 2 and list(summary["micrographs"]) == mics
+    assert [table(out, f"m{i}") for i in range(3)] == [table(tmp_path / "whole", f"m{i}")
+                                                        for i in range(3)]
+    whole = read_coordinates(tmp_path / "whole" / "autopick.star")
+    again = read_coordinates(out / "autopick.star")
+    assert len(whole) > 0 and again[["micrograph", "x", "y"]].equals(
+        whole[["micrograph", "x", "y"]])
+    # another setting, or the model file trained again, picks everything anew
+    picked.clear()
+    assert main(common + ["--out", str(out), "--only-unfinished", "--min-distance", "9"]) == 0
+    assert len(picked) == 3
+    picked.clear()
+    model_file = random_model / "model.pt"
+    stat = model_file.stat()
+    os.utime(model_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))
+    assert main(common + ["--out", str(out), "--only-unfinished", "--min-distance", "9"]) == 0
+    assert len(picked) == 3
+    assert main(common + ["--out", str(out), "--only-unfinished", "--threshold",
+                          "quantile"]) == 2
+    # once stopped (Ctrl-C in the main thread, or another device's error) a device's worker
+    # picks nothing more
+    stop, results = threading.Event(), {}
+    stop.set()
+    pick_run._worker(str(random_model), torch.device("cpu"), [Path(m) for m in mics],
+                     PickConfig(model=str(random_model), device="cpu"), results, lambda: None,
+                     stop=stop)
+    assert results == {}
 
 
 def test_pick_drops_a_dark_crystal_and_records_the_contrast_limit(tmp_path):
