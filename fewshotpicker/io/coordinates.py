@@ -8,7 +8,7 @@ Inside the engine a coordinate set is a ``pandas.DataFrame`` with columns
 - ``score`` (float, optional), ``class`` (int, optional).
 
 Images are matched by :func:`micrograph_key`: the file name without folder,
-extension and ``_autopick`` suffix.
+extension and a coordinate file's suffix (``_autopick``, RELION's ``_manualpick``).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from .atomic import atomic_path
 from .star import read_star_blocks, resolve_listed
 
 COLUMNS = ["micrograph", "x", "y", "score", "class"]
-_SUFFIXES = re.compile(r"(_autopick|_picks|_coords|_truth)$")
+_SUFFIXES = re.compile(r"(_autopick|_manualpick|_picks|_coords|_truth)$")
 
 
 def micrograph_key(name: str) -> str:

@@ -17,9 +17,10 @@ def _picks():
     return pd.concat([a, b], ignore_index=True)
 
 
-@pytest.mark.parametrize("name,key", [("a/b/mic_01.mrc", "mic_01"), ("mic_01_autopick.star",
-                                       "mic_01"), ("x.box", "x"), ("stem", "stem"),
-                                      ("/p/TS_01.mrcs", "TS_01")])
+@pytest.mark.parametrize("name,key", [("a/b/mic_01.mrc", "mic_01"),
+                                      ("mic_01_autopick.star", "mic_01"),
+                                      ("mic_01_manualpick.star", "mic_01"), ("x.box", "x"),
+                                      ("stem", "stem"), ("/p/TS_01.mrcs", "TS_01")])
 def test_micrograph_key(name, key):
     assert micrograph_key(name) == key
 
