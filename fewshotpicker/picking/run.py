@@ -381,12 +381,16 @@ def pick_micrographs(cfg: PickConfig, micrographs: List[Path], out_dir: Path,
         log.info("%d of %d micrographs were picked before with these settings and this "
                  "model: kept (--only-unfinished)", len(before), len(micrographs))
     todo = [m for m in micrographs if str(m) not in before]
-    write_now = None if cfg.threshold == "quantile" else (
-        lambda name, res: write_micrograph_files(name, res, cfg, out_dir, digest))
-    scored = score_all(cfg, todo, progress, write_now) if todo else {}
+    lock = threading.Lock()  # one device's thread writes (and plots: pyplot) at a time
+
+    def write_now(name: str, res: Candidates) -> Picked:
+        with lock:
+            return write_micrograph_files(name, res, cfg, out_dir, digest)
+    quantile = cfg.threshold == "quantile"
+    scored = score_all(cfg, todo, progress, None if quantile else write_now) if todo else {}
     results = {str(m): before.get(str(m), scored.get(str(m))) for m in micrographs}
     fresh = [r for r in scored.values() if isinstance(r, Candidates)]
-    if cfg.threshold == "quantile" and fresh:
+    if quantile and fresh:
         cut = apply_global_quantile(fresh, cfg.quantile)
         log.info("global cutoff %.4f (quantile %.2f of all candidate scores)", cut, cfg.quantile)
     summary = write_pick_outputs(results, cfg, out_dir, digest)
