@@ -583,6 +583,23 @@ def test_an_interrupted_pick_keeps_what_it_finished_and_only_unfinished_picks_th
     assert results == {}
 
 
+def test_micrographs_sharded_over_two_devices_get_the_picks_of_one(random_model, tmp_path):
+    """``--device cpu,cpu``: two threads, each with its own model, pick alternate micrographs
+    and write their files (and plots) as they finish; the picks are those of one device."""
+    rng = np.random.default_rng(3)
+    mics = [str(write_mrc(tmp_path / f"s{i}.mrc", rng.normal(size=(96, 120)))) for i in range(4)]
+    common = ["pick", "--model", str(random_model), "--micrographs", *mics, "--plots"]
+    assert main(common + ["--out", str(tmp_path / "one"), "--device", "cpu"]) == 0
+    assert main(common + ["--out", str(tmp_path / "two"), "--device", "cpu,cpu"]) == 0
+    one = read_coordinates(tmp_path / "one" / "autopick.star")
+    two = read_coordinates(tmp_path / "two" / "autopick.star")
+    assert len(one) > 0 and two[["micrograph", "x", "y"]].equals(one[["micrograph", "x", "y"]])
+    assert list(json.loads((tmp_path / "two" / "summary.json").read_text())["micrographs"]) \
+        == mics
+    assert all((tmp_path / "two" / "thresholds" / f"s{i}_picks.png").stat().st_size > 1000
+               for i in range(4))
+
+
 def test_pick_drops_a_dark_crystal_and_records_the_contrast_limit(tmp_path):
     """A micrograph of noise with a dense dark disc: its peaks are dropped, the rest kept
     (without the check, a pick lands 12 px from the disc's centre)."""
