@@ -75,6 +75,8 @@ def start_run(command: str, cls: Type[T], args: argparse.Namespace, flags: dict,
     if check is not None:
         check(cfg)
     out = Path(out or args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: is a file; the output (--out) must be a folder.")
     write_run_record(out, command, cfg)
     return cfg, out
 

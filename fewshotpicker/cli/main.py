@@ -53,7 +53,8 @@ def torchrun_launch():
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run one command; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
+    """Run one command; returns the exit code (0 ok, 1 a file the system would not read or
+    write, 2 bad input, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     try:
@@ -64,6 +65,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rank = f" (rank {launch.rank} of {launch.world})" if launch else ""
         print(f"fewshotpicker {args.command}{rank}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a folder that cannot be made, a full disk: say which file
+        if not exc.filename:
+            raise
+        print(f"fewshotpicker {args.command}: error: {exc.filename}: {exc.strerror or exc}.",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # Ctrl-C reaches every rank; rank 0 alone says so
         launch = torchrun_launch()
         if launch is None or launch.main:

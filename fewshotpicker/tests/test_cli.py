@@ -275,6 +275,20 @@ def test_nan_in_any_numeric_flag_of_any_command_is_refused_naming_the_flag(tiny,
     assert tried >= 30  # 35 when written
 
 
+def test_an_output_that_cannot_be_a_folder_is_one_sentence(tiny, tmp_path, capsys):
+    (tmp_path / "picks.star").write_text("data_\n")
+    mics = str(tiny / "micrographs")
+    code, _, err = run(capsys, "dog", "--micrographs", mics, "--diameter", "20", "--out",
+                       str(tmp_path / "picks.star"))
+    assert code == 2 and err.strip() == (f"fewshotpicker dog: error: {tmp_path / 'picks.star'}: "
+                                         f"is a file; the output (--out) must be a folder.")
+    code, _, err = run(capsys, "dog", "--micrographs", mics, "--diameter", "20", "--out",
+                       str(tmp_path / "picks.star" / "sub"))
+    assert code == 1 and err.strip() == (f"fewshotpicker dog: error: "
+                                         f"{tmp_path / 'picks.star' / 'sub'}: Not a directory.")
+    assert (tmp_path / "picks.star").read_text() == "data_\n"  # untouched
+
+
 def test_inspect_describes_a_checkpoint_and_refuses_other_files(tmp_path, capsys):
     import torch
     from fewshotpicker.data.regions import Preprocess
