@@ -44,9 +44,11 @@ def load_checkpoint(path: str | os.PathLike, kinds: Optional[Iterable[str]] = No
         raise InputError(f"{path}: checkpoint not found.")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError) as exc:
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError,
+            OSError) as exc:  # a truncated file can fail in the zip reader's seek (OSError)
         reason = "not a torch file" if isinstance(exc, pickle.UnpicklingError) or \
             "Weights only load failed" in str(exc) or "zip" in str(exc).lower() else \
+            f"truncated or damaged: {exc.strerror}" if isinstance(exc, OSError) else \
             (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
         raise InputError(f"{path}: not a readable fewshotpicker checkpoint ({reason}).") \
             from None

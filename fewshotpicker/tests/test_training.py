@@ -112,6 +112,15 @@ def test_checkpoint_errors_name_the_file(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a torch file at all")
     with pytest.raises(InputError, match=r"junk\.pt: not a readable fewshotpicker checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
+    # a checkpoint cut short anywhere (a full disk, a copy stopped half way); some cuts fail
+    # in the zip reader's seek with a bare OSError, which used to end in a traceback
+    save_checkpoint(tmp_path / "whole.pt", {"kind": "pretrained",
+                                            "state_dict": build_mae("micro").state_dict()})
+    data = (tmp_path / "whole.pt").read_bytes()
+    for cut in (0, 10, 1000, 20000, len(data) // 3, len(data) // 2, len(data) - 1):
+        (tmp_path / "cut.pt").write_bytes(data[:cut])
+        with pytest.raises(InputError, match=r"cut\.pt: not a readable fewshotpicker checkpoint"):
+            load_checkpoint(tmp_path / "cut.pt")
     torch.save({"weights": torch.ones(2)}, tmp_path / "other.pt")
     with pytest.raises(InputError, match=r"other\.pt: is a torch file but not a fewshotpicker"):
         load_checkpoint(tmp_path / "other.pt")
