@@ -120,10 +120,16 @@ def _images_of(pattern: str) -> List[Path]:
     if path.is_dir():
         return sorted(path.glob("*.mrc"))
     if path.exists():  # before globbing: a file may have [ or * in its name
-        return read_image_list(path) if path.suffix.lower() == ".star" else [path]
+        return _listed_or_itself(path)
     if glob.has_magic(pattern):
-        return [Path(m) for m in sorted(glob.glob(os.path.expanduser(pattern)))]
+        return [image for match in sorted(glob.glob(os.path.expanduser(pattern)))
+                for image in _listed_or_itself(Path(match))]
     raise InputError(f"{pattern}: file not found.")
+
+
+def _listed_or_itself(path: Path) -> List[Path]:
+    """The images a STAR file lists, or the file itself."""
+    return read_image_list(path) if path.suffix.lower() == ".star" else [path]
 
 
 def listed_names(patterns: Sequence[str]) -> Dict[str, str]:

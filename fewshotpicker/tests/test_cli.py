@@ -388,6 +388,8 @@ def test_relion_lists_that_name_nothing_usable_are_refused_in_one_sentence(tiny,
     from fewshotpicker.cli.common import expand_images
     mics = sorted((tiny / "micrographs").glob("*.mrc"))
     star = relion_project(tmp_path / "project", mics)
+    listed = expand_images([str(tmp_path / "project" / "CtfFind" / "*" / "*.star")])
+    assert [p.name for p in listed] == [m.name for m in mics]  # a glob of lists, expanded
     (tmp_path / "project" / "MotionCorr" / "job002" / "Movies" / mics[1].name).unlink()
     with pytest.raises(InputError, match=f"{star}: lists image MotionCorr/job002/Movies/"
                                          f"{mics[1].name}, which is neither"):
