@@ -91,7 +91,8 @@ RANGES = {
     **dict.fromkeys(("regions_per_micrograph", "epochs", "checkpoint_every", "batch_positive",
                      "max_unlabeled", "unlabeled_pool", "crop", "batch_labeled", "k", "coarse",
                      "tile", "steps", "n_micrographs", "n_tomograms", "n_species"), _COUNT),
-    **dict.fromkeys(("student_steps", "exemplars_per_step", "input_size", "max_shift",
+    **dict.fromkeys(("student_steps", "exemplars_per_step", "max_micrographs", "input_size",
+                     "max_shift",
                      "train_blocks", "dropblock", "batch_unlabeled", "gallery", "batch_size"),
                     _COUNT_ZERO_UP),
     **dict.fromkeys(("pseudo_threshold", "shoulder_dip"), _SHARE_ABOVE_0),
@@ -108,6 +109,7 @@ ZERO_MEANS = {"batch_size": "the device's default", "stride": "a fifth of the bo
               "min_distance": "the particle radius", "pixel_size": "the headers'",
               "model_pixel_size": "as the model records", "student": "off",
               "max_overlap": "off", "shoulder_reach": "off", "exemplars_per_step": "all",
+              "max_micrographs": "all",
               "student_steps": "no student", "input_size": "the pretrained model's",
               "sigma": "box / 8", "radius": "half the box"}
 
@@ -287,6 +289,9 @@ class TrainConfig:
                                       # smaller = faster picking (compute ~ input_size^2)
     exemplars_per_step: int = 64      # exemplars drawn each step when there are more (0 = all);
                                       # bounds a step's cost for users who label hundreds
+    max_micrographs: int = 16         # micrographs read: those holding exemplars and a seeded
+                                      # draw of others for unlabeled regions and the student
+                                      # (0 = all); bounds time and memory for a whole data set
     unlabeled_ratio: float = 2.0      # unlabeled : positive crops per step
     unlabeled_pool: int = 40          # unlabeled crops drawn per exemplar (sampled each step)
     shifted_negatives: float = 0.5    # share of the unlabeled batch that are off-centre exemplars

@@ -21,7 +21,7 @@ FLAGS = {"box": "box", "model": "model", "pretrained": "pretrained", "steps": "s
          "mask_ratio": "mask_ratio", "freeze_blocks": "freeze_blocks",
          "student_steps": "student_steps", "student_precision": "student_precision",
          "input_size": "input_size",
-         "exemplars_per_step": "exemplars_per_step",
+         "exemplars_per_step": "exemplars_per_step", "max_micrographs": "max_micrographs",
          "scs_features": "scs_features", "checkpoint_every": "checkpoint_every",
          "film_edges": "film_edges", "pixel_size": "pixel_size", "device": "device",
          "compile": "compile", "seed": "seed"}
@@ -31,7 +31,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train", help="fine-tune on exemplars (MSE + PU self-cross similarity)",
                        description=__doc__)
     p.add_argument("--micrographs", nargs="+", required=True,
-                   help="micrographs holding the exemplars (others add unlabeled regions): "
+                   help="micrographs holding the exemplars (others add unlabeled regions, "
+                        "--max-micrographs in all): "
                         + IMAGES_HELP)
     p.add_argument("--exemplars", required=True, help="STAR/.box/Topaz file of exemplar "
                                                       "centres (rlnMicrographName, X, Y)")
@@ -72,6 +73,12 @@ def add_parser(sub) -> None:
                    help="with more exemplars than this, each step trains on this many drawn "
                         "afresh (default 64), so that a step's cost stays bounded; 0 = all "
                         "of them every step")
+    p.add_argument("--max-micrographs", type=int,
+                   help="micrographs read for training (default 16): every one holding "
+                        "exemplars, then a seeded draw of the others for unlabeled regions and "
+                        "the student, so a whole data set given (a RELION micrograph list) "
+                        "costs what 16 do; 0 = all of them (the student then holds every one "
+                        "in memory)")
     p.add_argument("--pixel-size", dest="pixel_size", type=float,
                    help="Å per pixel of these micrographs, recorded in the model so that 'pick "
                         "--pixel-size' can pick micrographs of another pixel size at the "

@@ -5,8 +5,10 @@ method does at realistic SNR is measured by the benchmarks, not asserted here.
 """
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -362,3 +364,22 @@ def test_micrographs_at_another_pixel_size_are_picked_at_the_models_scale_when_i
     missed = near_share(half, pick(binned, "binned_as_trained"), box / 8)
     assert found > near_share(truth.to_numpy(), native, box / 4) - 0.2 and found > missed + 0.2, \
         (found, missed)
+
+
+def test_training_reads_the_exemplars_micrographs_and_a_seeded_draw_of_the_rest():
+    """A whole data set given to train (a RELION list, a Scipion set) is cut to the
+    micrographs holding exemplars plus a seeded draw of others, max_micrographs in all."""
+    from fewshotpicker.training.finetune import training_micrographs
+    mics = [Path(f"mics/m{i:03d}.mrc") for i in range(40)]
+    exemplars = pd.concat([make_coordinates("m007.mrc", [[10.0, 10.0]] * 8),
+                           make_coordinates("other/m031.mrc", [[20.0, 20.0]] * 7)])
+    cfg = TrainConfig(box=40.0, max_micrographs=16, seed=3)
+    chosen = training_micrographs(mics, exemplars, cfg)
+    assert len(chosen) == 16 and {mics[7], mics[31]} <= set(chosen)
+    assert chosen == sorted(chosen)  # the given order
+    assert training_micrographs(mics, exemplars, cfg) == chosen
+    assert training_micrographs(mics, exemplars, replace(cfg, seed=4)) != chosen
+    assert training_micrographs(mics, exemplars, replace(cfg, max_micrographs=0)) == mics
+    assert training_micrographs(mics[:16], exemplars, cfg) == mics[:16]
+    assert training_micrographs(mics, exemplars, replace(cfg, max_micrographs=1)) == \
+        [mics[7], mics[31]]  # those holding exemplars are never left out

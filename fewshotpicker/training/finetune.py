@@ -290,11 +290,35 @@ def exemplar_bank(model: MaskedAutoencoder, positives: torch.Tensor, pool: torch
     return bank, centre, separation(bank, background, centre)
 
 
+def training_micrographs(micrographs: List[Path], exemplars: pd.DataFrame,
+                         cfg: TrainConfig) -> List[Path]:
+    """The micrographs fine-tuning reads, in their given order: every one holding exemplars,
+    then a draw (seeded by ``cfg.seed``) of the others, ``cfg.max_micrographs`` in all (0 =
+    all). Their unlabeled regions and the student's score maps come from these alone, so a
+    whole data set given (a RELION micrograph list, a Scipion set) costs what 16 do: the
+    student's teacher maps hold every micrograph it learns from in memory."""
+    if not cfg.max_micrographs or len(micrographs) <= cfg.max_micrographs:
+        return micrographs
+    keys = set(exemplars["micrograph"].astype(str).map(micrograph_key))
+    holding = [m for m in micrographs if micrograph_key(str(m)) in keys]
+    others = [m for m in micrographs if micrograph_key(str(m)) not in keys]
+    room = min(len(others), max(0, cfg.max_micrographs - len(holding)))
+    drawn = np.random.default_rng([cfg.seed, 13]).choice(len(others), room, replace=False)
+    chosen = set(holding) | {others[int(i)] for i in drawn}
+    log.info("reading %d of the %d micrographs: the %d holding exemplars and %d others drawn "
+             "for unlabeled regions and the student (--max-micrographs %d)", len(chosen),
+             len(micrographs), len(holding), room, cfg.max_micrographs)
+    return [m for m in micrographs if m in chosen]
+
+
 def finetune(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame, out_dir: Path,
              source: str = "exemplars", progress: Optional[Callable] = None) -> dict:
     """Fine-tune on exemplars; writes ``model.pt`` (with the feature bank) and curves."""
     out_dir, micrographs = Path(out_dir), [Path(m) for m in micrographs]
     check_settings(cfg, len(exemplars), source)
+    if len(micrographs) <= cfg.max_micrographs:
+        cfg = replace(cfg, max_micrographs=0)  # recorded as what it does: all of them
+    micrographs = training_micrographs(micrographs, exemplars, cfg)
     device = resolve_device(cfg.device)
     model = model_to_finetune(cfg, device)
     pre = Preprocess(box=cfg.box, img_size=model.cfg.img_size, highpass=cfg.highpass,

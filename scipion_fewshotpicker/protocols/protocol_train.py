@@ -59,8 +59,9 @@ class FewShotProtTrain(ProtParticlePicking, FewShotProtBase):
                            "learns the model's own score maps of these micrographs; picking "
                            "with 'student cascade' scoring then runs the model on a fiftieth "
                            "of the windows. On two CPU cores 1-3 min (163 s for 1024 x 1024 "
-                           "micrographs with a 40 px box); it grows with the micrographs' "
-                           "area, not with their number. 0 = no student.")
+                           "micrographs with a 40 px box). Training reads at most 16 of the "
+                           "input micrographs: those holding exemplars and a seeded draw of "
+                           "the others. 0 = no student.")
         form.addParam("studentPrecision", params.EnumParam, choices=STUDENT_PRECISIONS,
                       default=0, condition="studentSteps > 0",
                       expertLevel=params.LEVEL_ADVANCED, label="Student precision",
