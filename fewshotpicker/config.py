@@ -91,7 +91,8 @@ RANGES = {
     **dict.fromkeys(("regions_per_micrograph", "epochs", "checkpoint_every", "batch_positive",
                      "max_unlabeled", "unlabeled_pool", "crop", "batch_labeled", "k", "coarse",
                      "tile", "steps", "n_micrographs", "n_tomograms", "n_species"), _COUNT),
-    **dict.fromkeys(("student_steps", "exemplars_per_step", "max_micrographs", "input_size",
+    **dict.fromkeys(("student_steps", "exemplars_per_step", "max_micrographs", "max_regions",
+                     "input_size",
                      "max_shift",
                      "train_blocks", "dropblock", "batch_unlabeled", "gallery", "batch_size"),
                     _COUNT_ZERO_UP),
@@ -109,7 +110,7 @@ ZERO_MEANS = {"batch_size": "the device's default", "stride": "a fifth of the bo
               "min_distance": "the particle radius", "pixel_size": "the headers'",
               "model_pixel_size": "as the model records", "student": "off",
               "max_overlap": "off", "shoulder_reach": "off", "exemplars_per_step": "all",
-              "max_micrographs": "all",
+              "max_micrographs": "all", "max_regions": "all",
               "student_steps": "no student", "input_size": "the pretrained model's",
               "sigma": "box / 8", "radius": "half the box"}
 
@@ -237,6 +238,8 @@ class PretrainConfig:
     model: str = "tiny"               # tiny | small | base
     box: float = 0.0                  # region side in micrograph px (0 = the model input size)
     regions_per_micrograph: int = 32
+    max_regions: int = 20000          # regions held in memory (the paper pretrained on 21000): of
+                                      # more micrographs a seeded draw is read (0 = all)
     epochs: int = 20
     batch_size: int = 128
     lr: float = 2e-4

@@ -20,6 +20,7 @@ from .common import (IMAGES_HELP, add_training_arguments, build_config, expand_i
                      progress, start_run, write_summary)
 
 FLAGS = {"model": "model", "box": "box", "regions": "regions_per_micrograph",
+         "max_regions": "max_regions",
          "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "mask_ratio": "mask_ratio",
          "checkpoint_every": "checkpoint_every", "film_edges": "film_edges",
          "device": "device", "compile": "compile", "seed": "seed"}
@@ -35,6 +36,10 @@ def add_parser(sub) -> None:
     p.add_argument("--box", type=float, help="region side in px, best the particle box "
                                              "(default: the model input size)")
     p.add_argument("--regions", type=int, help="random regions per micrograph (default 32)")
+    p.add_argument("--max-regions", type=int,
+                   help="regions held in memory for the whole run (default 20000; the paper "
+                        "pretrained on 21000): of more micrographs than give that many, a "
+                        "seeded draw is read; 0 = all (224 px regions take 200 kB each)")
     p.add_argument("--epochs", type=int, help="passes over all regions (default 20); steps = "
                    "micrographs x regions x epochs / batch; 3200 gave a good encoder")
     p.add_argument("--batch-size", type=int, help="regions per step (default 128)")

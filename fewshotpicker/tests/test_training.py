@@ -228,3 +228,19 @@ def test_pretraining_skips_an_unreadable_micrograph_and_names_it(tmp_path):
     with pytest.raises(InputError, match=r"None of the 1 micrographs could be read; the first "
                                          r"problem: .*blank\.mrc: every pixel"):
         pretrain(cfg, [blank], tmp_path / "none")
+
+
+def test_pretraining_draws_micrographs_when_their_regions_would_pass_max_regions():
+    from dataclasses import replace
+    from pathlib import Path
+    from fewshotpicker.config import PretrainConfig
+    from fewshotpicker.training.pretrain import pretraining_micrographs
+    mics = [Path(f"m{i:03d}.mrc") for i in range(100)]
+    cfg = PretrainConfig(regions_per_micrograph=32, max_regions=320, seed=1)
+    drawn = pretraining_micrographs(mics, cfg)
+    assert len(drawn) == 10 and drawn == sorted(drawn) and set(drawn) <= set(mics)
+    assert pretraining_micrographs(mics, cfg) == drawn
+    assert pretraining_micrographs(mics, replace(cfg, seed=2)) != drawn
+    assert pretraining_micrographs(mics, replace(cfg, max_regions=0)) == mics
+    assert pretraining_micrographs(mics[:10], cfg) == mics[:10]
+    assert len(pretraining_micrographs(mics, replace(cfg, max_regions=5))) == 1

@@ -42,7 +42,7 @@ RESUMABLE_CHANGES = {"steps", "epochs", "checkpoint_every", "device", "compile",
 # settings added after runs were first checkpointed, with the value that does what those runs
 # did, so that a run saved before a setting existed still resumes where nothing changed
 ADDED_SETTINGS = {"exemplars_per_step": 0, "student_precision": "fp32", "pixel_size": 0.0,
-                  "max_micrographs": 0}
+                  "max_micrographs": 0, "max_regions": 0}
 
 
 def with_added_settings(config: dict) -> dict:

@@ -25,7 +25,10 @@ class FewShotProtPretrain(EMProtocol, FewShotProtBase):
         form.addParam("inputMicrographs", params.MultiPointerParam,
                       pointerClass="SetOfMicrographs", important=True,
                       label="Micrographs",
-                      help="One or more sets of micrographs; regions are drawn from all.")
+                      help="One or more sets of micrographs; regions are drawn from all, "
+                           "or, when they would give more than 20000 regions (the paper "
+                           "pretrained on 21000; they stay in memory), from a seeded draw "
+                           "of micrographs that gives that many.")
         form.addParam("boxSize", params.IntParam, default=64, validators=[params.Positive],
                       label="Box size (px)",
                       help="Side of the regions in micrograph pixels: best the particle box "
