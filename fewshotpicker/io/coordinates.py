@@ -131,13 +131,15 @@ def read_coordinates(path: str | os.PathLike) -> pd.DataFrame:
     """Read coordinates from a STAR, .box or Topaz file, or from a folder of them.
 
     A folder is read through its ``autopick.star`` index when present, else
-    every ``*.star`` (or ``*.box``) file in it, each named after its micrograph.
+    every ``*.star`` (or ``*.box``) file in it, each named after its micrograph (our
+    ``picks.star``, which repeats them all, only when it is the folder's one STAR file).
     """
     path = Path(path)
     if path.is_dir():
         if (path / "autopick.star").exists():
             return read_star_coordinates(path / "autopick.star")
-        files = sorted(path.glob("*.star")) or sorted(path.glob("*.box"))
+        files = [f for f in sorted(path.glob("*.star")) if f.name != "picks.star"] or \
+            sorted(path.glob("*.star")) or sorted(path.glob("*.box"))
         if not files:
             raise InputError(f"{path}: folder holds no autopick.star, *.star or *.box files.")
         return _concat([read_coordinates(f) for f in files])

@@ -52,6 +52,12 @@ def test_autopick_round_trip_and_relion_layout(tmp_path):
     together = read_coordinates(tmp_path / "picks.star")
     assert together["micrograph"].tolist() == picks["micrograph"].tolist()
     np.testing.assert_allclose(together[["x", "y", "score"]], picks[["x", "y", "score"]])
+    # without its index the folder's per-micrograph files are read, not picks.star again
+    index.unlink()
+    assert len(read_coordinates(tmp_path)) == 3
+    for f in tmp_path.glob("*_autopick.star"):
+        f.unlink()
+    assert len(read_coordinates(tmp_path)) == 3  # picks.star alone
 
 
 def test_coordinate_table_round_trip(tmp_path):
