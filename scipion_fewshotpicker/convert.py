@@ -20,6 +20,17 @@ def micKey(mic):
     return MIC_TEMPLATE % mic.getObjId()
 
 
+def itemAt(items, position):
+    """The item of a Scipion set at ``position`` (from 1, clamped to the set) in id order,
+    as a copy: a set's iterator hands out one object, refilled for each item, so
+    ``list(items)`` would hold the last item many times."""
+    position = max(1, min(position, items.getSize()))
+    for index, item in enumerate(items.iterItems(orderBy="id"), 1):
+        if index == position:
+            return item.clone()
+    raise ValueError("The input set is empty.")
+
+
 def linkMicrographs(mics, folder):
     """Link every micrograph into ``folder`` as ``mic_<objId>.mrc``; returns the link paths.
 

@@ -10,7 +10,7 @@ from pwem.protocols import ProtParticlePickingAuto
 
 from .. import Plugin
 from ..constants import MODEL_FINETUNED
-from ..convert import (addPicks, linkMicrographs, listReasons, micKey, modelScale,
+from ..convert import (addPicks, itemAt, linkMicrographs, listReasons, micKey, modelScale,
                        readJsonOrEmpty, readPicks, reasonsByMicrograph, summarisePickCounts)
 from .protocol_base import FewShotProtBase
 
@@ -272,8 +272,7 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
         Returns the engine's figures and counts: ``{"picks_png", "histogram_png",
         "picks", "cutoff"}``.
         """
-        mics = list(self.getInputMicrographs().iterItems())
-        mic = mics[max(1, min(micIndex, len(mics))) - 1]
+        mic = itemAt(self.getInputMicrographs(), micIndex)
         linkMicrographs([mic], os.path.join(outDir, "micrographs"))
         values = dict(self._pickValues(), threshold=str(threshold), device="cpu")
         config = os.path.join(outDir, "preview.json")

@@ -305,6 +305,8 @@ class TestFewShotWorkflow(BaseTest):
         low = self.pick.previewPicks(2, 0.5, self.getOutputPath("preview_low"))
         high = self.pick.previewPicks(2, 0.95, self.getOutputPath("preview_high"))
         self.assertEqual((low["cutoff"], high["cutoff"]), (0.5, 0.95))
+        second = sorted(mic.getObjId() for mic in self.mics)[1]  # the second, not the last
+        self.assertTrue(low["picks_png"].endswith("mic_%06d_picks.png" % second))
         self.assertGreater(low["picks"], high["picks"])
         for result in (low, high):
             self.assertTrue(os.path.getsize(result["picks_png"]) > 10000)
@@ -319,9 +321,10 @@ class TestFewShotWorkflow(BaseTest):
         viewer = FewShotPicksViewer(project=self.proj)
         viewer.setProtocol(self.pick)  # what the GUI does before showing the form
         viewer.micIndex.set(2)
-        second = list(self.pick.getInputMicrographs().iterItems())[1]
+        ids = [mic.getObjId() for mic in self.pick.getInputMicrographs().iterItems(orderBy="id")]
+        self.assertEqual(len(set(ids)), 3)
         self.assertTrue(viewer.figurePath("_picks.png").endswith(
-            "mic_%06d_picks.png" % second.getObjId()))
+            "mic_%06d_picks.png" % ids[1]))
         for name in ("doShowPicks", "doShowHistogram", "doShowCounts"):
             plot = viewer._getVisualizeDict()[name]()[0]
             self.assertGreater(plot.getFigure().axes[0].images[0].get_array().shape[1], 100)

@@ -6,7 +6,7 @@ import os
 import pyworkflow.protocol.params as params
 from pyworkflow.viewer import DESKTOP_TKINTER, ProtocolViewer
 
-from ..convert import micKey
+from ..convert import itemAt, micKey
 from ..protocols import FewShotProtPick
 from .viewer_base import pngPlotter
 
@@ -38,8 +38,7 @@ class FewShotPicksViewer(ProtocolViewer):
                     self.protocol._getExtraPath("summary.png"), "picks per micrograph")]}
 
     def _micrograph(self):
-        mics = list(self.protocol.getInputMicrographs().iterItems())
-        return mics[max(0, min(len(mics), self.micIndex.get()) - 1)]
+        return itemAt(self.protocol.getInputMicrographs(), self.micIndex.get())
 
     def figurePath(self, suffix):
         """The engine's figure of the chosen micrograph."""

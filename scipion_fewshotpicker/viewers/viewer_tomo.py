@@ -4,7 +4,7 @@ import os
 import pyworkflow.protocol.params as params
 from pyworkflow.viewer import DESKTOP_TKINTER, ProtocolViewer
 
-from ..convert import tomoKey
+from ..convert import itemAt, tomoKey
 from ..protocols import FewShotProtPickTomo
 from .viewer_base import pngPlotter
 
@@ -27,8 +27,7 @@ class FewShotTomoPicksViewer(ProtocolViewer):
         return {"doShowSlices": lambda p=None: self._show()}
 
     def _tomogram(self):
-        tomos = list(self.protocol.inputTomograms.get().iterItems())
-        return tomos[max(0, min(len(tomos), self.tomoIndex.get()) - 1)]
+        return itemAt(self.protocol.inputTomograms.get(), self.tomoIndex.get())
 
     def figurePath(self):
         """The engine's figure of the chosen tomogram."""
