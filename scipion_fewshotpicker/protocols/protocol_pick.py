@@ -177,13 +177,16 @@ class FewShotProtPick(ProtParticlePickingAuto, FewShotProtBase):
     def _pickMicrographList(self, micList, *args):
         if not micList:
             return
+        # a batch the run was stopped in (tmp/ outlives a failed or killed run) keeps the
+        # micrographs it finished: the engine picks only the others (--only-unfinished)
         batch = self._getTmpPath("batch_%s" % micKey(micList[0]))
-        pwutils.cleanPath(batch)
+        pwutils.cleanPath(os.path.join(batch, "micrographs"))  # this batch's links only
         linkMicrographs(micList, os.path.join(batch, "micrographs"))
         config = self.writeEngineConfig("pick", self._pickValues())
         try:
             self.runEngine("pick", config, f"--micrographs {self.quote([batch + '/micrographs'])} "
-                                           f"--out {self.quote([batch + '/picks'])}")
+                                           f"--out {self.quote([batch + '/picks'])} "
+                                           "--only-unfinished")
         except Exception:
             # a batch of unreadable micrographs does not stop a streaming run; anything else
             # (a wrong model, say) stops it with the engine's sentence

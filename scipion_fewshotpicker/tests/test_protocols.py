@@ -23,7 +23,7 @@ from fewshotpicker.data.synthetic import simulate_dataset  # noqa: E402
 from fewshotpicker.evaluate import evaluate_all  # noqa: E402
 from fewshotpicker.io.coordinates import micrograph_key, read_coordinates  # noqa: E402
 from scipion_fewshotpicker.constants import SCORE_ATTR  # noqa: E402
-from scipion_fewshotpicker.convert import micKey  # noqa: E402
+from scipion_fewshotpicker.convert import linkMicrographs, micKey  # noqa: E402
 from scipion_fewshotpicker.protocols import (FewShotProtImportModel, FewShotProtPick,  # noqa
                                              FewShotProtPretrain, FewShotProtTrain)
 
@@ -383,3 +383,38 @@ class TestFewShotWorkflow(BaseTest):
         self.assertEqual(len(again), len(first))
         np.testing.assert_allclose(again["score"].to_numpy(), first["score"].to_numpy(),
                                    atol=1e-4)
+
+    def test_continuing_a_run_stopped_in_a_batch_keeps_the_micrographs_it_finished(self):
+        import starfile
+        from pyworkflow.protocol.constants import MODE_RESUME
+        from fewshotpicker.cli.main import main as engine
+        pick = self.newProtocol(FewShotProtPick, useGpu=False)
+        pick.inputMicrographs.set(self.mics)
+        pick.inputModel.set(self.train.outputModel)
+        self.proj.saveProtocol(pick)
+        # what a run killed after the batch's first micrograph leaves in tmp/ (kept by
+        # Scipion when a run fails or is stopped): that micrograph's files, written by the
+        # engine with the protocol's own settings
+        mics = [mic.clone() for mic in self.mics.iterItems(orderBy="id")]
+        batch = os.path.abspath(pick._getTmpPath("batch_" + micKey(mics[0])))
+        linkMicrographs(mics[:1], os.path.join(batch, "micrographs"))
+        os.makedirs(pick._getExtraPath(), exist_ok=True)
+        config = pick.writeEngineConfig("pick", pick._pickValues())
+        self.assertEqual(engine(["pick", "--config", config, "--micrographs",
+                                 f"{batch}/micrographs", "--out", f"{batch}/picks"]), 0)
+        # marked, so that keeping it shows: its STAR file now holds its first 3 picks only
+        star = os.path.join(batch, "picks", micKey(mics[0]) + "_autopick.star")
+        planted = starfile.read(star).head(3)
+        starfile.write(planted, star, overwrite=True)
+        pick.runMode.set(MODE_RESUME)  # Scipion's "Continue"
+        self.launchProtocol(pick)
+        picks = coordinates_table(pick.outputCoordinates, self.mics)
+        first = picks[picks["micrograph"] == micrograph_key(mics[0].getFileName())]
+        np.testing.assert_allclose(first[["x", "y"]].to_numpy(),
+                                   planted[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(),
+                                   atol=0.5)  # a Scipion coordinate holds whole pixels
+        whole = coordinates_table(self.pick.outputCoordinates, self.mics)
+        for mic in mics[1:]:  # picked in this run, as the uninterrupted run picked them
+            key = micrograph_key(mic.getFileName())
+            self.assertEqual((picks["micrograph"] == key).sum(),
+                             (whole["micrograph"] == key).sum())
