@@ -55,12 +55,15 @@ class FewShotProtPretrain(EMProtocol, FewShotProtBase):
     def _insertAllSteps(self):
         self._insertEngineSteps(self.pretrainStep)
 
-    def _allMicrographs(self):
-        for pointer in self.inputMicrographs:
-            yield from pointer.get().iterItems()
+    def _setFolders(self):
+        """One folder of micrograph links per input set: links are named by the
+        micrograph's id, and ids repeat from one set to the next."""
+        return [os.path.join(self._micFolder(), "set_%d" % i)
+                for i in range(1, len(self.inputMicrographs) + 1)]
 
     def convertInputStep(self):
-        linkMicrographs(self._allMicrographs(), self._micFolder())
+        for pointer, folder in zip(self.inputMicrographs, self._setFolders()):
+            linkMicrographs(pointer.get().iterItems(), folder)
 
     def pretrainStep(self):
         gpus = self.trainingGpus()  # several: one process per GPU, each batch split among them
@@ -70,7 +73,7 @@ class FewShotProtPretrain(EMProtocol, FewShotProtBase):
             "batch_size": self.batchSize.get(), "seed": self.seed.get(),
             "device": "cuda" if gpus else self.getDeviceSpec(single=True)})
         # a rerun (continue) resumes from the engine's last checkpoint
-        self.runEngine("pretrain", config, f"--micrographs {self.quote([self._micFolder()])} "
+        self.runEngine("pretrain", config, f"--micrographs {self.quote(self._setFolders())} "
                                            f"--out {self.quote([self._modelFolder()])}",
                        gpus=gpus)
 
@@ -100,6 +103,10 @@ class FewShotProtPretrain(EMProtocol, FewShotProtBase):
         n = sum(p.get().getSize() for p in self.inputMicrographs if p.get() is not None)
         lines = [f"Regions of {self.boxSize.get()} px from {n} micrographs, "
                  f"{MODEL_SIZES[self.modelSize.get()]} model, {self.epochs.get()} epochs."]
+        regions = readJsonOrEmpty(os.path.join(self._modelFolder(), "summary.json")).get(
+            "regions")
+        if regions:
+            lines.append(f"{regions} regions trained on.")
         skipped = self.skippedMicrographs()
         if skipped:
             lines.append(f"{len(skipped)} unreadable micrograph(s) skipped: "
@@ -109,8 +116,14 @@ class FewShotProtPretrain(EMProtocol, FewShotProtBase):
     def skippedMicrographs(self):
         """``{micrograph file name: reason}`` of the micrographs the engine could not read
         (its summary's ``skipped``, keyed by the linked names)."""
-        summary = readJsonOrEmpty(os.path.join(self._modelFolder(), "summary.json"))
-        return reasonsByMicrograph(summary.get("skipped"), self._allMicrographs())
+        reasons = readJsonOrEmpty(os.path.join(self._modelFolder(), "summary.json")).get(
+            "skipped") or {}
+        skipped = {}
+        for pointer, folder in zip(self.inputMicrographs, self._setFolders()):
+            mine = {link: reason for link, reason in reasons.items()
+                    if os.path.basename(os.path.dirname(link)) == os.path.basename(folder)}
+            skipped.update(reasonsByMicrograph(mine, pointer.get().iterItems()))
+        return skipped
 
     def _methods(self):
         return [f"A {MODEL_SIZES[self.modelSize.get()]} masked autoencoder [He2022MAE] was "

@@ -257,10 +257,13 @@ class TestFewShotWorkflow(BaseTest):
         counts = single.pickCounts()  # over the whole run, not the last batch
         self.assertEqual([c["name"] for c in counts.values()], ["mic_a.mrc"])
         self.assertEqual(counts[micKey(next(iter(imp.outputMicrographs)))]["picks"], len(again))
-        # pretraining skips it too, and says so
-        pre = self._launch(FewShotProtPretrain, inputMicrographs=[imp.outputMicrographs],
+        # pretraining skips it too, and says so; of two sets, whose micrographs' ids
+        # repeat (1, 2 and 1, 2, 3), it reads all four readable micrographs
+        pre = self._launch(FewShotProtPretrain, inputMicrographs=[imp.outputMicrographs,
+                                                                  self.mics],
                            boxSize=int(self.meta["box_px"]), epochs=1,
                            regionsPerMicrograph=16, batchSize=16, useGpu=False)
+        self.assertIn("64 regions trained on.", pre.summary())
         self.assertIn("1 unreadable micrograph(s) skipped: mic_b.mrc: every pixel holds the "
                       "same value (0); a blank exposure, not a micrograph.", pre.summary())
 
