@@ -9,6 +9,7 @@ variance. Training and picking use the same preparation, so features agree.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -21,6 +22,11 @@ from .blur import gaussian_blur
 from .film import film_regions, region_background
 
 log = logging.getLogger("fewshotpicker")
+
+# in robust standard deviations of the raw micrograph (:func:`repair_defects`): a pixel this
+# far from its neighbours' median is a defect; what is left beyond the clip is cut back
+DEFECT_JUMP = 10.0
+OUTLIER_CLIP = 100.0
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ def prepare_micrograph(image: np.ndarray | torch.Tensor, pre: Preprocess,
     background of a micrograph crossed by a carbon-film edge is taken on each
     side of the edge apart (:func:`background`).
     """
-    img = torch.as_tensor(np.asarray(image, dtype=np.float32), device=device)
+    img = standardise(torch.as_tensor(np.asarray(image, dtype=np.float32), device=device))
     h, w = img.shape
     size = (max(1, round(h * pre.scale)), max(1, round(w * pre.scale)))
     img = F.interpolate(img[None, None], size=size, mode="bilinear", align_corners=False,
@@ -64,6 +70,56 @@ def prepare_micrograph(image: np.ndarray | torch.Tensor, pre: Preprocess,
     med = img.median()
     mad = (img - med).abs().median() * 1.4826 + 1e-6
     return (img - med) / mad
+
+
+def standardise(img: torch.Tensor) -> torch.Tensor:
+    """``(h, w)`` -> ``(h, w)`` float32: the raw micrograph less its median, over its robust
+    standard deviation (1.4826 MAD; the standard deviation where more than half the pixels
+    share one value), with its defects repaired (:func:`repair_defects`).
+
+    Done before any filtering, so that neither the scale of the values (1e-30 or 1e30 per
+    count) nor a defect (a hot pixel of 1e20, a bad column) spreads through the blurs and
+    the rescaling into the windows around it. Statistics from a strided sample of about a
+    million pixels.
+    """
+    sample = img.reshape(-1)[::max(1, math.ceil(img.numel() / 2 ** 20))].double()
+    median = sample.median()
+    spread = (sample - median).abs().median() * 1.4826
+    if not spread > 0:
+        spread = sample.std()
+    if not (spread > 0 and torch.isfinite(spread)):
+        spread = torch.ones((), dtype=torch.float64, device=img.device)
+    return repair_defects(((img - median.float()) / spread.float()).clamp(-1e6, 1e6))
+
+
+def repair_defects(z: torch.Tensor, jump: float = DEFECT_JUMP,
+                   clip: float = OUTLIER_CLIP) -> torch.Tensor:
+    """``(h, w)`` -> ``(h, w)``, in robust standard deviations: every pixel more than
+    ``jump`` from the median of its 3 x 3 neighbourhood (a hot or dead pixel, a bad column
+    or row) takes the mean of its neighbours within ``±jump``, then all are clipped to
+    ``±clip`` (what is left of larger defects).
+
+    Nothing a micrograph shows jumps so far between neighbouring pixels: noise moves a
+    pixel about 1 from that median, particles, ice and carbon span many pixels (the
+    darkest pixels of a simulated set full of ice crystals, at -12.6, lie within 6 of their
+    neighbourhood's median); only pixels beyond ``jump`` from 0 are looked at, so the cost
+    is that of finding them.
+    """
+    h, w = z.shape
+    ys, xs = torch.nonzero(z.abs() > jump, as_tuple=True)
+    if len(ys):
+        offsets = torch.arange(-1, 2, device=z.device)
+        ny = (ys[:, None, None] + offsets[None, :, None]).clamp(0, h - 1).expand(-1, 3, 3)
+        nx = (xs[:, None, None] + offsets[None, None, :]).clamp(0, w - 1).expand(-1, 3, 3)
+        near = z[ny.reshape(len(ys), 9), nx.reshape(len(ys), 9)]           # (n, 9)
+        jumped = (z[ys, xs] - near.median(dim=1).values).abs() > jump
+        # the mean of the neighbours that are not outliers themselves (a bad column's
+        # own pixels would bias a median), or the median where all are
+        fill = torch.where(near.abs() > jump, torch.nan, near).nanmean(dim=1)
+        fill = torch.where(torch.isnan(fill), near.median(dim=1).values, fill)
+        z = z.clone()
+        z[ys[jumped], xs[jumped]] = fill[jumped]
+    return z.clamp(-clip, clip)
 
 
 def background(img: torch.Tensor, pre: Preprocess) -> torch.Tensor:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..data.regions import OUTLIER_CLIP
 from ..errors import InputError
 from ..io.coordinates import micrograph_key
 from ..io.mrc import open_volume
@@ -35,15 +36,17 @@ class Tomogram:
         return tuple(int(s) for s in self.data.shape)
 
     def read(self, lo: np.ndarray, size: np.ndarray) -> torch.Tensor:
-        """The normalised block ``(1, sd, sh, sw)`` at corner ``lo`` (z, y, x); parts outside
-        the volume are zero (the mean)."""
+        """The normalised block ``(1, sd, sh, sw)`` at corner ``lo`` (z, y, x), clipped to
+        ``±OUTLIER_CLIP`` standard deviations (a hot voxel); parts outside the volume are
+        zero (the mean)."""
         out = np.zeros(tuple(int(s) for s in size), dtype=np.float32)
         a = np.maximum(lo, 0)
         b = np.minimum(lo + size, self.shape)
         if np.all(b > a):
             block = np.asarray(self.data[a[0]:b[0], a[1]:b[1], a[2]:b[2]], dtype=np.float32)
             out[a[0] - lo[0]:b[0] - lo[0], a[1] - lo[1]:b[1] - lo[1],
-                a[2] - lo[2]:b[2] - lo[2]] = (block - self.mean) / self.std
+                a[2] - lo[2]:b[2] - lo[2]] = np.clip((block - self.mean) / self.std,
+                                                     -OUTLIER_CLIP, OUTLIER_CLIP)  # defects
         return torch.from_numpy(out)[None]
 
 
@@ -59,8 +62,8 @@ def open_tomogram(path: str | Path, max_samples: int = 2_000_000, name: str = ""
     vol = open_volume(path)
     d = vol.data.shape[0]
     step = max(1, int(np.ceil(vol.data.size / max_samples)))
-    sample = np.asarray(vol.data[::max(1, d // 16)], dtype=np.float32).reshape(-1)[::max(
-        1, step // 16)]
+    sample = np.asarray(vol.data[::max(1, d // 16)], dtype=np.float64).reshape(-1)[::max(
+        1, step // 16)]  # float64: the squares of values near 1e20 overflow float32
     if not np.all(np.isfinite(sample)):
         raise InputError(f"{path}: holds NaN or infinite values.")
     std = float(sample.std())
