@@ -46,7 +46,7 @@ class Tomogram:
             block = np.asarray(self.data[a[0]:b[0], a[1]:b[1], a[2]:b[2]], dtype=np.float32)
             out[a[0] - lo[0]:b[0] - lo[0], a[1] - lo[1]:b[1] - lo[1],
                 a[2] - lo[2]:b[2] - lo[2]] = np.clip((block - self.mean) / self.std,
-                                                     -OUTLIER_CLIP, OUTLIER_CLIP)  # defects
+                                                     -OUTLIER_CLIP, OUTLIER_CLIP)  # hot voxels
         return torch.from_numpy(out)[None]
 
 
