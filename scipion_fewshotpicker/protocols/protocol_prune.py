@@ -149,7 +149,11 @@ class FewShotProtPrune(EMProtocol, FewShotProtBase):
 
     def _copyPicks(self, decisions, keep, suffix):
         inputCoords = self.inputCoordinates.get()
-        output = self._createSetOfCoordinates(self.getInputMicrographs(), suffix=suffix)
+        # the positions are copied as they are, in the pixels of the micrographs they were
+        # picked on: the output stays on those (the input micrographs may be others, of
+        # another pixel size, converted for the engine only)
+        micrographs = inputCoords.getMicrographs() or self.getInputMicrographs()
+        output = self._createSetOfCoordinates(micrographs, suffix=suffix)
         output.copyInfo(inputCoords)
         output.setBoxSize(inputCoords.getBoxSize())
 

@@ -62,8 +62,13 @@ class TestFewShotPrune(BaseTest):
                  model_dir)
         model = cls._run(FewShotProtImportModel, modelPath=model_dir,
                          samplingRate=SIM.pixel_size).outputModel
+        # the same files imported again: the picks' own micrographs are another set
+        cls.otherMics = cls._run(ProtImportMicrographs, filesPath=f"{data}/micrographs",
+                                 filesPattern="mic_*.mrc", samplingRate=SIM.pixel_size,
+                                 voltage=300.0, sphericalAberration=2.7,
+                                 amplitudeContrast=0.07).outputMicrographs
         prune = cls.newProtocol(FewShotProtPrune, steps=150, useGpu=False)
-        for name, value in (("inputMicrographs", cls.mics), ("inputCoordinates", cls.picks),
+        for name, value in (("inputMicrographs", cls.otherMics), ("inputCoordinates", cls.picks),
                             ("exemplarCoordinates", cls.exemplars), ("inputModel", model)):
             getattr(prune, name).set(value)
         cls.launchProtocol(prune)
@@ -121,6 +126,11 @@ class TestFewShotPrune(BaseTest):
         self.assertLess(high_rejected, low_kept)  # one threshold separates the two sets
         for output in (kept, rejected):
             self.assertEqual(output.getBoxSize(), self.meta["box_px"])
+            # on the micrographs they were picked on, whose pixels their positions count
+            self.assertEqual(output.getMicrographs().getFileName(),
+                             self.picks.getMicrographs().getFileName())
+            self.assertNotEqual(output.getMicrographs().getFileName(),
+                                self.otherMics.getFileName())
             for coord in output.iterItems():
                 self.assertEqual((coord.getX(), coord.getY(), coord.getMicName()),
                                  inputs[coord.getObjId()])
