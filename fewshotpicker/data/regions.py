@@ -100,10 +100,11 @@ def repair_defects(z: torch.Tensor, jump: float = DEFECT_JUMP,
     ``±clip`` (what is left of larger defects).
 
     Nothing a micrograph shows jumps so far between neighbouring pixels: noise moves a
-    pixel about 1 from that median, particles, ice and carbon span many pixels (the
-    darkest pixels of a simulated set full of ice crystals, at -12.6, lie within 6 of their
-    neighbourhood's median); only pixels beyond ``jump`` from 0 are looked at, so the cost
-    is that of finding them.
+    pixel about 1 from that median, and particles, ice and carbon span many pixels (the
+    darkest pixels of the simulated set full of ice crystals, at -12.6, lie within 2.8 of
+    their neighbourhood's median; the most isolated pixels of the ten EMPIAR-10028
+    micrographs within 9.6, but for one at 14.8). Only pixels beyond ``jump`` from 0 are
+    looked at, so the cost is that of finding them.
     """
     h, w = z.shape
     ys, xs = torch.nonzero(z.abs() > jump, as_tuple=True)
