@@ -41,13 +41,12 @@ def plot_picks(image: np.ndarray, score_map, picks_xy: np.ndarray, box: float,
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Circle, Rectangle
 
-    from ..data.preview import display_image
+    from ..data.preview import draw_outlines, show_micrograph
 
     h, w = image.shape
     fig, axes = plt.subplots(1, 2, figsize=(12, 6 * h / w + 0.4), dpi=100)
-    axes[0].imshow(display_image(image), cmap="gray")
+    show_micrograph(axes[0], image)
     gy, gx = score_map.scores.shape
     x0, y0 = score_map.grid_to_micrograph(np.array([[0, 0]]))[0]
     x1, y1 = score_map.grid_to_micrograph(np.array([[gx - 1, gy - 1]]))[0]
@@ -56,12 +55,9 @@ def plot_picks(image: np.ndarray, score_map, picks_xy: np.ndarray, box: float,
                         extent=(x0 - half, x1 + half, y1 + half, y0 - half))
     fig.colorbar(im, ax=axes[1], fraction=0.046, label="max cosine to exemplars")
     for ax in axes:
-        for x, y in np.asarray(picks_xy).reshape(-1, 2):
-            ax.add_patch(Circle((x, y), box / 2, fill=False, edgecolor="yellow", linewidth=0.8))
+        draw_outlines(ax, picks_xy, box)
         if truth_xy is not None:
-            for x, y in np.asarray(truth_xy).reshape(-1, 2):
-                ax.add_patch(Rectangle((x - box / 2, y - box / 2), box, box, fill=False,
-                                       edgecolor="lime", linewidth=0.6))
+            draw_outlines(ax, truth_xy, box, "square", "lime", 0.6)
         ax.set_xlim(0, w)
         ax.set_ylim(h, 0)
         ax.axis("off")

@@ -169,3 +169,26 @@ def test_tomogram_species_and_truth():
     dist = np.linalg.norm(centres[:, None] - centres[None], axis=-1)
     np.fill_diagonal(dist, np.inf)
     assert np.all(dist >= radii[:, None] + radii[None, :] - 1e-6)
+
+
+def test_large_images_are_drawn_binned_in_their_own_pixels():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from fewshotpicker.data.preview import binned_for_display, draw_outlines, show_micrograph
+    img = np.zeros((2500, 3100), np.float32)
+    img[1000:1008, 2000:2008] = 1.0
+    binned, factor = binned_for_display(img)
+    assert factor == 4 and binned.shape == (625, 775)       # 3100 / 4 <= 1024
+    assert binned[250, 500] == 1.0 and binned[251, 501] == 1.0 and binned.sum() == 4.0
+    small, one = binned_for_display(img[:900, :1000])
+    assert one == 1 and small.shape == (900, 1000)
+    fig, ax = plt.subplots()
+    show_micrograph(ax, img)
+    assert ax.images[0].get_extent() == [0, 3100, 2500, 0]  # boxes in micrograph px fit
+    draw_outlines(ax, np.array([[2004.0, 1004.0], [10.0, 20.0]]), 50.0)
+    draw_outlines(ax, np.array([[5.0, 5.0]]), 30.0, "square", ["lime"])
+    circles, squares = ax.collections
+    assert len(circles.get_paths()) == 2 and len(squares.get_paths()) == 1
+    assert ax.get_xlim() == (0.0, 3100.0)                   # outlines leave the limits
+    plt.close(fig)

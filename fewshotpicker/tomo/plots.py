@@ -17,7 +17,8 @@ def plot_slices(tomo: Tomogram, picks: pd.DataFrame, box: float, path: str | Pat
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Circle
+
+    from ..data.preview import draw_outlines
 
     d, h, w = tomo.shape
     half = max(1, int(round(box / 2)))
@@ -30,9 +31,9 @@ def plot_slices(tomo: Tomogram, picks: pd.DataFrame, box: float, path: str | Pat
         slab = np.asarray(tomo.data[lo:hi], dtype=np.float32).mean(axis=0)
         ax.imshow(slab, cmap="gray", vmin=np.percentile(slab, 1), vmax=np.percentile(slab, 99))
         mine = picks[(picks["z"] >= lo) & (picks["z"] < hi)]
-        for x, y, k in zip(mine["x"], mine["y"], mine.get("class", pd.Series(1, mine.index))):
-            ax.add_patch(Circle((x, y), box / 2, fill=False, linewidth=0.8,
-                                edgecolor=colours[(int(k) - 1) % len(colours)]))
+        classes = mine.get("class", pd.Series(1, mine.index)).astype(int)
+        draw_outlines(ax, mine[["x", "y"]].to_numpy(float), box,
+                      colours=[colours[(k - 1) % len(colours)] for k in classes])
         ax.set_title(f"z {lo}-{hi - 1}: {len(mine)} picks", fontsize=9)
         ax.axis("off")
     fig.suptitle(f"{tomo.key}: {len(picks)} picks", fontsize=10)
