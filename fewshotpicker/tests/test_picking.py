@@ -336,6 +336,21 @@ def test_anchored_cutoff_keeps_the_fewer_classes_when_the_anchor_cannot_tell(mon
     assert np.mean(particles > cut) < 0.8                        # cuts the lower tail
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_anchored_cutoff_does_not_take_a_merged_top_class_for_the_particles(seed):
+    """Background, a broad middle class and the particles; the anchor lies as near the top
+    class of a 2-class fit (middle and particles merged, 4-5 times broader) as of a 3-class
+    fit's (the particles): fewer classes must not win there."""
+    from fewshotpicker.picking.threshold import fit_mixtures
+    rng = np.random.default_rng(seed)
+    middle, particles = rng.normal(1.2, 1.0, 100), rng.normal(3.1, 0.2, 100)
+    z = np.concatenate([rng.normal(-1.1, 0.3, 200), middle, particles])
+    two, three = fit_mixtures(z, (2, 3))
+    anchor = np.tanh((two.means_.max() + three.means_.max()) / 2)
+    cut = np.arctanh(anchored_cutoff(np.tanh(z), anchor=anchor))
+    assert np.mean(particles > cut) > 0.95 and np.mean(middle > cut) < 0.2  # its upper tail
+
+
 def split_and_whole_views(seed: int) -> tuple:
     """Cosines of one micrograph's candidates seen twice: the encoder's peaks, whose
     particles (the first 170) form a top class and a lower tail that an anchored fit
