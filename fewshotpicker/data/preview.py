@@ -33,7 +33,7 @@ def draw_outlines(ax, xy: np.ndarray, size: float, shape: str = "circle",
     """Outline circles (diameter ``size``) or squares (side ``size``) centred on ``xy``
     ``(n, 2)`` (x, y, data units) on ``ax``, as one collection: added one patch at a time,
     matplotlib updated the axes' limits through each outline's Bezier curves (800 circles:
-    18 s of a 20 s figure). ``colours``: one colour, or one per outline. The axes' limits
+    18 s of a profiled 34 s figure, on a machine busy with a benchmark). ``colours``: one colour, or one per outline. The axes' limits
     are left to the caller."""
     from matplotlib.collections import PatchCollection
     from matplotlib.patches import Circle, Rectangle
@@ -49,8 +49,8 @@ def draw_outlines(ax, xy: np.ndarray, size: float, shape: str = "circle",
 
 def show_micrograph(ax, image: np.ndarray, sigma: float = 1.5) -> None:
     """Draw ``image`` ``(h, w)`` on ``ax`` for display (:func:`display_image`), binned when
-    large (:func:`binned_for_display`: the band-pass of a 4096 x 4096 micrograph at full size
-    took 20 s), in its own pixel coordinates so that boxes drawn over it in micrograph
+    large (:func:`binned_for_display`: drawn at full size, a 4096 x 4096 micrograph's figure
+    took 22 s or more, its band-pass 3 s already at 1024 x 1024), in its own pixel coordinates so that boxes drawn over it in micrograph
     pixels land where they belong."""
     binned, factor = binned_for_display(image)
     h, w = binned.shape

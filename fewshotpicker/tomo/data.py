@@ -62,8 +62,8 @@ def open_tomogram(path: str | Path, max_samples: int = 2_000_000, name: str = ""
     vol = open_volume(path)
     d = vol.data.shape[0]
     step = max(1, int(np.ceil(vol.data.size / max_samples)))
-    sample = np.asarray(vol.data[::max(1, d // 16)], dtype=np.float64).reshape(-1)[::max(
-        1, step // 16)]  # float64: the squares of values near 1e20 overflow float32
+    sample = np.asarray(vol.data[::max(1, d // 16)], dtype=np.float32).reshape(-1)[::max(
+        1, step // 16)].astype(np.float64)  # the squares of values near 1e20 overflow float32
     if not np.all(np.isfinite(sample)):
         raise InputError(f"{path}: holds NaN or infinite values.")
     std = float(sample.std())
