@@ -18,7 +18,7 @@ import json
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
@@ -369,6 +369,59 @@ def write_pick_outputs(results: Dict[str, object], cfg: PickConfig, out_dir: Pat
             "peak_gpu_memory_mb": peak_gpu_memory_mb(cfg)}
 
 
+class BackgroundWriter:
+    """Writes each picked micrograph's files (its STAR file, threshold record and, with
+    ``--plots``, figures) in one thread of its own, so that the devices go on picking while
+    matplotlib draws (a figure of a 4096 x 4096 micrograph can take longer than picking it
+    on a GPU). At most ``backlog`` micrographs wait to be written; a device that finds the
+    queue full waits. Once a write has failed for want of the disk (an OSError: full,
+    read-only), the next ``submit`` raises it and the run stops, since every write would
+    fail alike; leaving the ``with`` block (Ctrl-C included) writes what waits."""
+
+    def __init__(self, write: Callable, backlog: int = 4):
+        self.write = write
+        self.room = threading.BoundedSemaphore(backlog)
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
+        self.disk_error: Optional[OSError] = None
+
+    def __enter__(self) -> "BackgroundWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True)
+
+    def submit(self, name: str, res: Candidates) -> Future:
+        """Queue ``res`` of micrograph ``name`` for writing, waiting while the queue is full;
+        the future's result is the :class:`Picked`."""
+        self.room.acquire()
+        if self.disk_error is not None:
+            self.room.release()
+            raise self.disk_error
+        future = self.pool.submit(self.write, name, res)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, future: Future) -> None:
+        if isinstance(future.exception(), OSError) and self.disk_error is None:
+            self.disk_error = future.exception()
+        self.room.release()
+
+    @staticmethod
+    def outcome(name: str, result):
+        """What a micrograph's entry of :func:`score_all` stands for once written: the
+        :class:`Picked` of a write, else the entry itself (candidates, an error message);
+        a write that failed on this micrograph (its figure could not read it) gives the
+        error message, one that failed on the disk raises."""
+        if not isinstance(result, Future):
+            return result
+        try:
+            return result.result()
+        except (InputError, RuntimeError, ValueError) as exc:
+            message = failure_message(Path(name), exc)
+            log.error("not written: %s", message)
+            return message
+
+
 def pick_micrographs(cfg: PickConfig, micrographs: List[Path], out_dir: Path,
                      progress: Optional[Callable] = None) -> dict:
     """The whole of ``pick``: score every micrograph (those a same-settings run finished
@@ -381,13 +434,11 @@ def pick_micrographs(cfg: PickConfig, micrographs: List[Path], out_dir: Path,
         log.info("%d of %d micrographs were picked before with these settings and this "
                  "model: kept (--only-unfinished)", len(before), len(micrographs))
     todo = [m for m in micrographs if str(m) not in before]
-    lock = threading.Lock()  # one device's thread writes (and plots: pyplot) at a time
-
-    def write_now(name: str, res: Candidates) -> Picked:
-        with lock:
-            return write_micrograph_files(name, res, cfg, out_dir, digest)
     quantile = cfg.threshold == "quantile"
-    scored = score_all(cfg, todo, progress, None if quantile else write_now) if todo else {}
+    with BackgroundWriter(lambda name, res: write_micrograph_files(
+            name, res, cfg, out_dir, digest)) as writer:
+        scored = score_all(cfg, todo, progress, None if quantile else writer.submit) if todo else {}
+    scored = {name: writer.outcome(name, res) for name, res in scored.items()}
     results = {str(m): before.get(str(m), scored.get(str(m))) for m in micrographs}
     fresh = [r for r in scored.values() if isinstance(r, Candidates)]
     if quantile and fresh:

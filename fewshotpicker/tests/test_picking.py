@@ -540,6 +540,90 @@ def test_a_bad_micrograph_is_reported_and_the_others_are_picked(random_model, tm
     assert record["rule"] == "gmm" and record["exemplar_anchor"] is None
 
 
+def test_the_background_writer_bounds_its_queue_and_stops_on_a_full_disk():
+    release, started, written = threading.Event(), threading.Event(), []
+
+    def write(name, res):
+        started.set()
+        if name == "slow":
+            assert release.wait(10)
+        if name == "full":
+            raise OSError(28, "No space left on device", f"/out/{name}_autopick.star")
+        if name == "unreadable":
+            raise InputError(f"{name}.mrc: the file ends before its data.")
+        written.append((name, threading.current_thread().name))
+        return res
+    with pick_run.BackgroundWriter(write, backlog=2) as writer:
+        first = writer.submit("slow", 1)
+        assert started.wait(10)
+        second = writer.submit("next", 2)  # the queue holds two: the caller goes on
+        waited = threading.Thread(target=writer.submit, args=("third", 3))
+        waited.start()
+        waited.join(0.3)
+        assert waited.is_alive() and written == []  # the third waits for room
+        release.set()
+        waited.join(10)
+    assert [n for n, _ in written] == ["slow", "next", "third"]
+    assert all(thread.startswith("writer") for _, thread in written)
+    assert writer.outcome("slow", first) == 1 and writer.outcome("next", second) == 2
+    assert writer.outcome("m.mrc", "m.mrc: blank") == "m.mrc: blank"
+    with pick_run.BackgroundWriter(write) as writer:
+        bad = writer.submit("unreadable", 0)
+        assert writer.outcome("unreadable.mrc", bad) == \
+            "unreadable.mrc: the file ends before its data."  # that micrograph alone fails
+        full = writer.submit("full", 0)
+        with pytest.raises(OSError, match="No space left"):
+            writer.outcome("full.mrc", full)
+        with pytest.raises(OSError) as raised:  # every later micrograph would fail alike
+            writer.submit("after", 0)
+        assert raised.value.filename == "/out/full_autopick.star"
+    assert "after" not in [n for n, _ in written]
+
+
+def test_devices_pick_on_while_a_micrograph_is_written(random_model, tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    mics = [str(write_mrc(tmp_path / f"m{i}.mrc", rng.normal(size=(96, 120)))) for i in range(3)]
+    picking, overlapped, real_pick = [], [], pick_run.pick_with_retry
+    second_started = threading.Event()
+
+    def pick(*args, **kwargs):
+        picking.append(threading.current_thread().name)
+        if len(picking) == 2:
+            second_started.set()
+        return real_pick(*args, **kwargs)
+    real_write = pick_run.write_micrograph_files
+
+    def write(name, *args, **kwargs):
+        if name == mics[0]:  # the first micrograph's figures take until the next is picked
+            overlapped.append(second_started.wait(10))
+        return real_write(name, *args, **kwargs)
+    monkeypatch.setattr(pick_run, "pick_with_retry", pick)
+    monkeypatch.setattr(pick_run, "write_micrograph_files", write)
+    assert main(["pick", "--model", str(random_model), "--micrographs", *mics, "--device", "cpu",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert overlapped == [True] and len(picking) == 3
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert list(summary["micrographs"]) == mics and not summary["failed"]
+    assert sorted(p.name for p in (tmp_path / "out" / "thresholds").glob("*.json")) == \
+        ["m0.json", "m1.json", "m2.json"]
+
+
+def test_a_full_disk_stops_the_pick_with_one_sentence(random_model, tmp_path, monkeypatch,
+                                                      capsys):
+    rng = np.random.default_rng(4)
+    mics = [str(write_mrc(tmp_path / f"m{i}.mrc", rng.normal(size=(96, 120)))) for i in range(2)]
+
+    def full(table, path, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(path))
+    monkeypatch.setattr(pick_run, "write_autopick_file", full)
+    out = tmp_path / "out"
+    assert main(["pick", "--model", str(random_model), "--micrographs", *mics, "--device", "cpu",
+                 "--out", str(out)]) == 1
+    assert f"error: {out / 'm0_autopick.star'}: No space left on device." in \
+        capsys.readouterr().err
+    assert not (out / "autopick.star").exists()
+
+
 def test_an_interrupted_pick_keeps_what_it_finished_and_only_unfinished_picks_the_rest(
         random_model, tmp_path, monkeypatch):
     rng = np.random.default_rng(2)
