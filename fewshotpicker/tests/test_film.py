@@ -6,7 +6,8 @@ import torch
 from scipy import ndimage
 
 from fewshotpicker.data.blur import gaussian_blur
-from fewshotpicker.data.film import FilmRegions, film_regions, region_background
+from fewshotpicker.data.film import (STEP_WIDTHS, FilmRegions, _bilinear_at, _upsample,
+                                     film_regions, region_background)
 from fewshotpicker.data.regions import Preprocess, prepare_micrograph
 
 SIZE, BOX = 512, 32.0
@@ -31,11 +32,10 @@ def test_film_regions_follow_the_step_to_a_few_pixels():
     img, carbon = film_image()
     regions = film_regions(gaussian_blur(torch.from_numpy(img), 1.0), BOX)
     assert regions is not None
-    masks = regions.masks
-    assert masks.shape == (2, SIZE, SIZE)
-    assert torch.all(masks.sum(0) == 1)
-    # which mask is the carbon: the one that overlaps it most
-    on = masks[int(np.argmax([(m.numpy() > 0)[carbon].mean() for m in masks]))].numpy() > 0
+    labels = regions.labels.numpy()
+    assert regions.n == 2 and labels.shape == (SIZE, SIZE) and set(np.unique(labels)) == {0, 1}
+    # which region is the carbon: the one that overlaps it most
+    on = labels == int(np.argmax([(labels == k)[carbon].mean() for k in range(2)]))
     far = ndimage.distance_transform_edt(carbon) + ndimage.distance_transform_edt(~carbon) > 3
     assert np.all(on[far] == carbon[far])
     assert (on == carbon).mean() > 0.995
@@ -82,7 +82,8 @@ def test_a_blurred_step_leaves_no_line_along_the_edge():
 
 def test_region_background_of_one_region_is_the_gaussian_blur():
     img = torch.from_numpy(film_image(step=0.0)[0])
-    whole = FilmRegions(torch.ones(1, SIZE, SIZE), torch.zeros(SIZE, SIZE, dtype=torch.bool))
+    whole = FilmRegions(torch.zeros(SIZE, SIZE, dtype=torch.long),
+                        torch.zeros(SIZE, SIZE, dtype=torch.bool), 1)
     for sigma in (16.0, 64.0):
         diff = region_background(img, whole, sigma, BOX) - gaussian_blur(img, sigma)
         assert float(diff.abs().max()) < 0.02 * float(img.std())
@@ -105,3 +106,56 @@ def test_particles_beside_the_edge_keep_their_contrast(seed):
         dips.append(float((base - dipped)[y, x]))
     assert dips[0] == pytest.approx(dips[1], rel=0.15)
     assert dips[1] > 0.5
+
+
+def dense_region_background(img, labels, n, band, sigma, box):
+    """The background as it was computed until session 41, every region's mask blurred over
+    the whole image at every step width: the reference the tiled computation must match."""
+    masks = torch.stack([(labels == k).float() for k in range(n)])
+    means = torch.stack([gaussian_blur(m * img, sigma) / gaussian_blur(m, sigma).clamp_min(1e-4)
+                         for m in masks])
+    best = None
+    for width in STEP_WIDTHS:
+        soft = masks if width == 0 else torch.stack([gaussian_blur(m, width * box)
+                                                     for m in masks])
+        background = (soft / soft.sum(0) * means).sum(0)
+        left = float(((img - background)[band] ** 2).mean())
+        if best is None or left < best[0]:
+            best = (left, background)
+    return best[1]
+
+
+@pytest.mark.parametrize("cuts", [1, 3])
+def test_the_step_blurred_near_the_cut_alone_is_the_step_blurred_everywhere(cuts):
+    """Three regions (two edges) and four (three), on an image that is not a whole number of
+    tiles: blurring the masks only on the tiles near a boundary gives the background a blur
+    of the whole masks gave."""
+    rng = np.random.default_rng(cuts)
+    h, w = 300, 430
+    yy, xx = np.mgrid[0:h, 0:w]
+    n = cuts + 1
+    labels = torch.from_numpy((n * (xx + 0.4 * yy) // (w + 0.4 * h)).astype(np.int64))
+    steps = np.array([0.0, 3.0, -2.0, 5.0])[:n]
+    img = ndimage.gaussian_filter(steps[labels.numpy()], 2.5) + rng.normal(size=(h, w))
+    img = torch.from_numpy(img.astype(np.float32))
+    band = torch.zeros(h, w, dtype=torch.bool)
+    band[:, 1:] = labels[:, 1:] != labels[:, :-1]
+    band = torch.from_numpy(ndimage.binary_dilation(band.numpy(), iterations=6))
+    # sigma under 16 px keeps the coarse means at full size, as the reference has them
+    for sigma in (12.0, 15.0):
+        tiled = region_background(img, FilmRegions(labels, band, n), sigma, BOX)
+        dense = dense_region_background(img, labels, n, band, sigma, BOX)
+        assert float((tiled - dense).abs().max()) < 1e-4 * float(img.std())
+    far = torch.from_numpy(ndimage.distance_transform_edt(~band.numpy()) > BOX)
+    left = (img - tiled)[far]  # away from the cut the steps are gone, the noise stays
+    assert abs(float(left.mean())) < 0.05 and float(left.std()) < 1.05
+
+
+def test_region_means_interpolated_at_pixels_equal_the_upsampled_means():
+    coarse = torch.randn(3, 9, 13)
+    for factor in (1, 4, 7):
+        shape = (9 * factor - factor // 2, 13 * factor - 1)
+        whole = _upsample(coarse, factor, shape, "bilinear")
+        ys, xs = torch.meshgrid(torch.arange(shape[0]), torch.arange(shape[1]), indexing="ij")
+        at = _bilinear_at(coarse, factor, ys.flatten(), xs.flatten()).view(3, *shape)
+        assert torch.allclose(at, whole, atol=1e-5)
