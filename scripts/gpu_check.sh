@@ -12,10 +12,13 @@
 #      one GPU) and evaluate each, to set beside the same commands run on the CPU; then pick
 #      GPU_CHECK_READ (8) noise micrographs of GPU_CHECK_READ_SIZE (5760x4092, float16) with
 #      the student cascade and print the command's wall seconds per micrograph beside the
-#      picking's own (the summary's): the gap is what reading ahead did not hide.
-# Up to seven files go to $OUT (default gpu_check_out/): device.txt, pick_speed.log/.json,
-# train_speed.log, demo.log, demo_report.md and real.log (the runs' own folders stay in /tmp:
-# a device run brings back few files).
+#      picking's own (the summary's): the gap is what reading ahead did not hide; then the
+#      same with --plots (the figures are drawn in a writer thread while picking goes on).
+# Between 1 and 2, the fast setting uncompiled on that micrograph plain and with a carbon
+# film's edge crossing it (film_edge_speed.log): what the edge's preparation adds.
+# Up to eight files go to $OUT (default gpu_check_out/): device.txt, pick_speed.log/.json,
+# film_edge_speed.log, train_speed.log, demo.log, demo_report.md and real.log (the runs' own
+# folders stay in /tmp: a device run brings back few files).
 # Needs python3 with torch (CUDA), timm, numpy, scipy, pandas, scikit-learn, matplotlib and
 # tqdm; mrcfile and starfile too, installed or carried as wheels in .whl/ (a device machine has
 # no network; see docs/benchmarks.md "On a GPU").
@@ -47,6 +50,12 @@ status=0
 "$PY" -m fewshotpicker benchmark pick-speed --model "$MODEL" --size "$SIZE" --box 180 \
     --stride 28 --coarse 1,2 --student 0.4 --input-size 160 --device "$DEVICE" "${compile[@]}" \
     --out "$OUT/pick_speed.json" 2>&1 | tee "$OUT/pick_speed.log" || status=1
+: > "$OUT/film_edge_speed.log"
+for edge in "" --film-edge; do  # what a carbon film's edge adds (uncompiled, the fast setting)
+    "$PY" -m fewshotpicker benchmark pick-speed --model "$MODEL" --size "$SIZE" --box 180 \
+        --stride 28 --coarse 2 --student 0 --repeats 2 --device "$DEVICE" $edge 2>&1 \
+        | tee -a "$OUT/film_edge_speed.log" || status=1
+done
 "$PY" -m fewshotpicker benchmark train-speed --model "$MODEL" --device "$DEVICE" \
     --steps 10 2>&1 | tee "$OUT/train_speed.log" || status=1
 if [ "${GPU_CHECK_DEMO:-1}" != 0 ]; then
@@ -77,17 +86,19 @@ for i in range(n):
     with mrcfile.new(out / f"noise_{i}.mrc", overwrite=True) as m:
         m.set_data(np.random.default_rng(i).normal(size=(h, w)).astype(np.float16))
 PYEOF
-    { echo "== pick ${GPU_CHECK_READ:-8} noise micrographs of ${GPU_CHECK_READ_SIZE:-5760x4092} (float16), --student 0.4"
-      start=$(date +%s.%N)
-      "$PY" -m fewshotpicker pick --model "$GPU_CHECK_REAL/model" --micrographs "$real"/large/*.mrc \
-          --out "$real/large_picks" --device "$DEVICE" --student 0.4 &&
-      "$PY" - "$real/large_picks/summary.json" "$start" "$(date +%s.%N)" <<'PYEOF'
+    for plots in "" --plots; do  # --plots: figures drawn in the writer's thread meanwhile
+        { echo "== pick ${GPU_CHECK_READ:-8} noise micrographs of ${GPU_CHECK_READ_SIZE:-5760x4092} (float16), --student 0.4 $plots"
+          start=$(date +%s.%N)
+          "$PY" -m fewshotpicker pick --model "$GPU_CHECK_REAL/model" --micrographs "$real"/large/*.mrc \
+              --out "$real/large_picks$plots" --device "$DEVICE" --student 0.4 $plots &&
+          "$PY" - "$real/large_picks$plots/summary.json" "$start" "$(date +%s.%N)" <<'PYEOF'
 import sys, json
 s = json.load(open(sys.argv[1]))
 n = len(s["micrographs"])
 print(f"command wall {(float(sys.argv[3]) - float(sys.argv[2])) / n:.3f} s per micrograph "
       f"(start-up included); picking {s['seconds_per_micrograph']:.3f} s per micrograph")
 PYEOF
-    } 2>&1 | tee -a "$OUT/real.log" || status=1
+        } 2>&1 | tee -a "$OUT/real.log" || status=1
+    done
 fi
 exit $status

@@ -130,10 +130,23 @@ def rate_figures(model, encoder, bank: Bank, batch: int, device: torch.device, w
             "encoder_matmul_fraction": encoder_tflops / ceiling if ceiling else None}
 
 
+def noise_micrograph(size: tuple, film_edge: bool = False) -> np.ndarray:
+    """Gaussian noise ``size`` (H, W) float32, with ``film_edge`` a carbon film 3 noise
+    sigmas darker beyond an arc that crosses the image (its preparation then takes each
+    side's background apart, as on a real micrograph at a hole's edge)."""
+    h, w = size
+    image = np.random.default_rng(0).normal(size=size).astype(np.float32)
+    if film_edge:
+        yy, xx = np.ogrid[0:h, 0:w]
+        image[np.hypot(xx + 0.5 * w, yy + 0.5 * h) < 1.2 * max(h, w)] -= 3.0
+    return image
+
+
 def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: float = 180.0,
                  stride: float = 0.0, device: str = "auto", batch: int = 0, repeats: int = 3,
                  compile: bool = False, bank_size: int = 60, coarse: int = 1,
-                 student: float = 0.0, input_size: int = 0, student_check: bool = False) -> dict:
+                 student: float = 0.0, input_size: int = 0, student_check: bool = False,
+                 film_edge: bool = False) -> dict:
     """Median seconds of picking one ``size`` micrograph, with the derived rates.
 
     coarse: 1 scores every window; 2 is the fast setting (``pick --coarse 2``).
@@ -145,7 +158,8 @@ def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: floa
     student_check: with ``student`` 0, also run the cascade that checks the automatic
     cutoff (``pick``'s default for a model with a student); with random weights it
     re-scores far more of the student's peaks than a trained student does, so its
-    cost here is an upper bound.
+    cost here is an upper bound. film_edge: the micrograph has a carbon film's edge
+    (:func:`noise_micrograph`), whose preparation costs more.
     """
     dev = resolve_device(device)
     batch = window_batch(batch, dev)
@@ -154,7 +168,7 @@ def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: floa
     model = (resize_input(model, input_size) if input_size else model).eval()
     pre = Preprocess(box=box, img_size=model.cfg.img_size, film_edges=True)
     bank = random_bank(model.cfg.embed_dim, bank_size, dev)
-    image = np.random.default_rng(0).normal(size=size).astype(np.float32)
+    image = noise_micrograph(size, film_edge)
     stride = stride or default_stride(box)
     cfg = PickConfig(stride=stride, coarse=coarse, student=student, student_check=student_check)
     net = ScoreStudent().to(dev).eval() if student > 0 or student_check else None
@@ -171,6 +185,7 @@ def time_picking(model_size: str = "base", size: tuple = (4096, 4096), box: floa
             "model": model_size, "micrograph": f"{size[1]}x{size[0]}", "box": box,
             "stride": round(stride, 2), "input": model.cfg.img_size, "coarse": coarse,
             "student": student, "student_check": bool(student_check and not student),
+            "film_edge": film_edge,
             "batch": batch, "windows": windows, "s_per_mic": seconds,
             **rate_figures(model, encoder, bank, batch, dev, windows, seconds),
             "compile_s": compile_s,

@@ -104,6 +104,9 @@ def add_parser(sub) -> None:
     p.add_argument("--input-size", default="0",
                    help="pick-speed: also time each --coarse setting with the model input made "
                         "this small (train --input-size; e.g. 160,112 for base); 0 = leave it out")
+    p.add_argument("--film-edge", action="store_true",
+                   help="pick-speed: the micrograph has a carbon film's edge crossing it, whose "
+                        "preparation takes each side's background apart")
     p.add_argument("--fractions", default="0.01,0.05,0.2", help="tomo: labelled fractions")
     p.add_argument("--snr", type=float, default=0.1, help="tomo: simulated SNR")
     p.add_argument("--tomograms", type=int, default=2, help="tomo: simulated tomograms")
@@ -204,7 +207,8 @@ def run(args: argparse.Namespace) -> int:
             [{"input_size": n, "coarse": c} for n in numbers(args.input_size, "--input-size")
              if n for c in coarse]
         result = [pick_speed.time_picking(args.model, (h, w), args.box, args.stride, args.device,
-                                          args.batch or 0, args.repeats, args.compile, **kw)
+                                          args.batch or 0, args.repeats, args.compile,
+                                          film_edge=args.film_edge, **kw)
                   for kw in settings]
         _print_rows(result)
         if args.topaz_env:

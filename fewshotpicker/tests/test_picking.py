@@ -1010,6 +1010,25 @@ def test_pick_speed_counts_the_windows_each_setting_scores():
     assert small["input"] == 16 and full["input"] == 32 and small["windows"] == 22 * 29
 
 
+def test_pick_speed_times_a_micrograph_with_a_film_edge_on_request(monkeypatch):
+    from fewshotpicker.benchmarks import pick_speed
+    from fewshotpicker.data import regions
+    cuts, real = [], regions.region_background
+
+    def counting(img, found, *args):
+        cuts.append(found.n)
+        return real(img, found, *args)
+    monkeypatch.setattr(regions, "region_background", counting)
+    plain = pick_speed.time_picking("micro", (150, 180), box=24.0, device="cpu", repeats=1)
+    assert cuts == [] and plain["film_edge"] is False
+    edged = pick_speed.time_picking("micro", (150, 180), box=24.0, device="cpu", repeats=2,
+                                    film_edge=True)
+    assert cuts == [2, 2, 2] and edged["film_edge"] is True  # warm-up and two timed runs
+    assert edged["windows"] == plain["windows"]
+    image = pick_speed.noise_micrograph((150, 180), film_edge=True)
+    assert image[0, 0] < -1.5 > image[:20, :20].mean() and image[-20:, -20:].mean() > -0.5
+
+
 def test_command_speed_model_picks_and_the_per_micrograph_cost_is_the_difference(tmp_path):
     from fewshotpicker.benchmarks import command_speed as cs
     model = cs.random_picking_model(tmp_path / "model", "micro", box=24.0)
