@@ -7,9 +7,10 @@ thread-safe: :func:`~fewshotpicker.models.inference.one_at_a_time`). On CUDA out
 memory the batch is halved and the micrograph retried; a micrograph that
 cannot be read or picked is reported and the others still finish. Each worker
 reads the next micrograph while it picks the current one. Each micrograph's files
-are written as soon as it is picked, so memory does not grow with the score maps
-of a long job and an interrupted one keeps what it finished; a rerun with
-``only_unfinished`` keeps those of the same settings and model and picks the rest.
+are written as soon as it is picked, in a thread of their own
+(:class:`BackgroundWriter`), so memory does not grow with the score maps of a long
+job and an interrupted one keeps what it finished; a rerun with ``only_unfinished``
+keeps those of the same settings and model and picks the rest.
 """
 from __future__ import annotations
 
