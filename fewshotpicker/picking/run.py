@@ -384,6 +384,8 @@ class BackgroundWriter:
         self.room = threading.BoundedSemaphore(backlog)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
         self.disk_error: Optional[OSError] = None
+        self.pending = 0  # submitted, not yet written
+        self.lock = threading.Lock()
 
     def __enter__(self) -> "BackgroundWriter":
         return self
@@ -398,6 +400,8 @@ class BackgroundWriter:
         if self.disk_error is not None:
             self.room.release()
             raise self.disk_error
+        with self.lock:
+            self.pending += 1
         future = self.pool.submit(self.write, name, res)
         future.add_done_callback(self._done)
         return future
@@ -405,7 +409,19 @@ class BackgroundWriter:
     def _done(self, future: Future) -> None:
         if isinstance(future.exception(), OSError) and self.disk_error is None:
             self.disk_error = future.exception()
+        with self.lock:
+            self.pending -= 1
         self.room.release()
+
+    def say_what_waits(self) -> None:
+        """Log how many micrographs wait to be written, if any (the progress bar counts
+        picked micrographs, so it is full before their figures are drawn)."""
+        with self.lock:
+            waiting = self.pending
+        if waiting == 1:
+            log.info("writing the last picked micrograph's files")
+        elif waiting:
+            log.info("writing the files of the last %d picked micrographs", waiting)
 
     @staticmethod
     def outcome(name: str, result):
@@ -439,6 +455,7 @@ def pick_micrographs(cfg: PickConfig, micrographs: List[Path], out_dir: Path,
     with BackgroundWriter(lambda name, res: write_micrograph_files(
             name, res, cfg, out_dir, digest)) as writer:
         scored = score_all(cfg, todo, progress, None if quantile else writer.submit) if todo else {}
+        writer.say_what_waits()
     scored = {name: writer.outcome(name, res) for name, res in scored.items()}
     results = {str(m): before.get(str(m), scored.get(str(m))) for m in micrographs}
     fresh = [r for r in scored.values() if isinstance(r, Candidates)]

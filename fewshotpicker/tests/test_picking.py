@@ -1,5 +1,6 @@
 """Picking engine: window geometry, cutoffs, out-of-memory retry, failures that do not spread."""
 import json
+import logging
 import os
 import threading
 import time
@@ -540,7 +541,7 @@ def test_a_bad_micrograph_is_reported_and_the_others_are_picked(random_model, tm
     assert record["rule"] == "gmm" and record["exemplar_anchor"] is None
 
 
-def test_the_background_writer_bounds_its_queue_and_stops_on_a_full_disk():
+def test_the_background_writer_bounds_its_queue_and_stops_on_a_full_disk(caplog):
     release, started, written = threading.Event(), threading.Event(), []
 
     def write(name, res):
@@ -561,9 +562,15 @@ def test_the_background_writer_bounds_its_queue_and_stops_on_a_full_disk():
         waited.start()
         waited.join(0.3)
         assert waited.is_alive() and written == []  # the third waits for room
+        with caplog.at_level(logging.INFO, logger=pick_run.log.name):
+            writer.say_what_waits()  # the third is not queued yet
+        assert "writing the files of the last 2 picked micrographs" in caplog.text
         release.set()
         waited.join(10)
-    assert [n for n, _ in written] == ["slow", "next", "third"]
+    assert [n for n, _ in written] == ["slow", "next", "third"] and writer.pending == 0
+    caplog.clear()
+    writer.say_what_waits()
+    assert "writing the files" not in caplog.text  # nothing waits: nothing said
     assert all(thread.startswith("writer") for _, thread in written)
     assert writer.outcome("slow", first) == 1 and writer.outcome("next", second) == 2
     assert writer.outcome("m.mrc", "m.mrc: blank") == "m.mrc: blank"
