@@ -98,6 +98,9 @@ def draw_exemplars(ds: Dataset, n: int, seed: int) -> pd.DataFrame:
     pool = ds.truth[ds.truth["micrograph"].map(micrograph_key) == key]
     inside = pool[(pool["x"] > ds.box / 2) & (pool["y"] > ds.box / 2)]
     rng = np.random.default_rng(seed)
+    if n > len(inside):
+        log.warning("%s: %d exemplars asked for, %d particles to draw from: all of them",
+                    ds.train[0], n, len(inside))
     chosen = inside.iloc[rng.choice(len(inside), size=min(n, len(inside)), replace=False)]
     return chosen.assign(micrograph=str(ds.train[0])).reset_index(drop=True)
 
@@ -239,10 +242,17 @@ def score_runs(runs: List[dict], ds: Dataset) -> tuple:
     return mean_of_runs([row for row, _ in scored]), scored[0][1]
 
 
+def seed_folder(base: Path, seed: int, st: BenchSettings) -> Path:
+    """Where one exemplar draw's runs live: ``seed<N>`` for the standard 15 exemplars (the
+    folders of earlier runs), ``seed<N>_<K>ex`` for another count ``K``, so a run with other
+    exemplars never finds another count's fine-tuning finished."""
+    return base / (f"seed{seed}" if st.exemplars == 15 else f"seed{seed}_{st.exemplars}ex")
+
+
 def run_seed(ds: Dataset, seed: int, base: Path, pretrained: Path, st: BenchSettings,
              topaz_exe: Optional[Path]) -> List[dict]:
     """All pickers on one data set with the exemplars of one seed."""
-    out = base / f"seed{seed}"
+    out = seed_folder(base, seed, st)
     exemplars = draw_exemplars(ds, st.exemplars, seed)
     train = TrainConfig(box=ds.box, pretrained=str(pretrained), steps=st.train_steps,
                         device=st.device, seed=seed)
@@ -269,7 +279,8 @@ def run_seed(ds: Dataset, seed: int, base: Path, pretrained: Path, st: BenchSett
     rows, curves = [], {}
     for picker, res in results.items():
         row, curves[picker] = score_runs(res if isinstance(res, list) else [res], ds)
-        rows.append({"dataset": ds.name, "seed": seed, "picker": picker, **row})
+        rows.append({"dataset": ds.name, "seed": seed, "exemplars": len(exemplars),
+                     "picker": picker, **row})
     plot_precision_recall({p: {"IoU 0.6": c} for p, c in curves.items() if c},
                           out / "precision_recall.png")
     return rows
@@ -280,7 +291,8 @@ def summarise(rows: List[dict]) -> List[dict]:
     df = pd.DataFrame(rows)
     out = []
     for (ds, picker), g in df.groupby(["dataset", "picker"], sort=False):
-        row = {"dataset": ds, "picker": picker, "seeds": len(g)}
+        row = {"dataset": ds, "picker": picker, "seeds": len(g),
+               "exemplars": int(g["exemplars"].iloc[0])}
         for col in ("precision", "recall", "f1", "best_f1", "ap"):
             row[col] = float(g[col].mean())
             if col in ("f1", "ap"):

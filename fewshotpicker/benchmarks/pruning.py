@@ -29,7 +29,7 @@ from ..io.coordinates import micrograph_key, read_coordinates, write_coordinate_
 from . import topaz_peer
 from .features import Dataset
 from .picking import (BenchSettings, _engine, datasets, draw_exemplars, ensure_pretrained,
-                      pick_dog, pick_topaz, run_folder, run_measured)
+                      pick_dog, pick_topaz, run_folder, run_measured, seed_folder)
 
 log = logging.getLogger("fewshotpicker")
 DEFAULT_SETS = ["4", "real"]  # SIM_SETS index 4: "sim many lures"
@@ -99,7 +99,7 @@ def true_share(picks: pd.DataFrame, ds: Dataset) -> float:
 def run_seed(ds: Dataset, lures: Optional[pd.DataFrame], seed: int, base: Path,
              pretrained: Path, st: BenchSettings, topaz_exe: Optional[Path]) -> List[dict]:
     """Prune DoG's (and Topaz's) picks with the exemplars of one seed."""
-    out = base / f"seed{seed}"
+    out = seed_folder(base, seed, st)
     exemplars = draw_exemplars(ds, st.exemplars, seed)
     dog = base / "dog"
     picks = {"DoG": read_coordinates(dog / "kept" / "autopick.star")
@@ -111,7 +111,8 @@ def run_seed(ds: Dataset, lures: Optional[pd.DataFrame], seed: int, base: Path,
         kept, summary, seconds = prune_picks(table, ds, exemplars, pretrained,
                                              out / f"prune_{picker.lower()}", seed, st.device)
         b, a = figures(table, ds), figures(kept, ds)
-        rows.append({"dataset": ds.name, "seed": seed, "picker": picker,
+        rows.append({"dataset": ds.name, "seed": seed, "exemplars": len(exemplars),
+                     "picker": picker,
                      **{f"{k}_before": v for k, v in b.items()},
                      **{f"{k}_after": v for k, v in a.items()},
                      "d_precision": a["precision"] - b["precision"],
@@ -127,7 +128,8 @@ def summarise(rows: List[dict]) -> List[dict]:
     df = pd.DataFrame(rows)
     out = []
     for (name, picker), g in df.groupby(["dataset", "picker"], sort=False):
-        row = {"dataset": name, "picker": picker, "seeds": len(g)}
+        row = {"dataset": name, "picker": picker, "seeds": len(g),
+               "exemplars": int(g["exemplars"].iloc[0])}
         for col in ("precision_before", "precision_after", "recall_before", "recall_after",
                     "f1_before", "f1_after", "d_precision", "d_recall", "lures_removed",
                     "prior_est", "prior_true", "s_per_mic"):

@@ -76,6 +76,13 @@ def add_parser(sub) -> None:
     p.add_argument("--variants", help="features: JSON {name: {TrainConfig overrides}}")
     p.add_argument("--work", default="benchmark_work", help="features: folder for runs")
     p.add_argument("--seeds", default="0,1,2", help="picking: exemplar/training seeds")
+    p.add_argument("--exemplars", type=int, default=15,
+                   help="picking, pruning: exemplars drawn from the exemplar micrograph per "
+                        "seed (15, the paper's; another count keeps its runs in "
+                        "seed<N>_<count>ex folders)")
+    p.add_argument("--small-input", type=int, default=48,
+                   help="picking: also fine-tune a model at this smaller input (train "
+                        "--input-size) and pick every window with it; 0 = leave it out")
     p.add_argument("--topaz-env", default="",
                    help="picking, pruning: virtual environment for Topaz, created on first "
                         "use (e.g. benchmark_work/topaz-venv); empty = leave Topaz out; "
@@ -167,9 +174,15 @@ def _bench_settings(args: argparse.Namespace):
     epochs = 5
     if args.topaz_runs < 1:
         raise InputError(f"--topaz-runs {args.topaz_runs}: must be 1 or more.")
+    if args.exemplars < 1:
+        raise InputError(f"--exemplars {args.exemplars}: must be 1 or more.")
+    if args.small_input < 0:
+        raise InputError(f"--small-input {args.small_input}: must be 0 (none) or a size in "
+                         f"model pixels.")
     return picking.BenchSettings(
         device="cpu" if args.device == "auto" else args.device,
-        model=args.model, train_steps=args.steps or 300,
+        model=args.model, train_steps=args.steps or 300, exemplars=args.exemplars,
+        small_input=args.small_input,
         topaz=topaz_peer.TopazSettings(epochs=epochs,
                                        epoch_size=max(1, args.topaz_updates // epochs),
                                        runs=args.topaz_runs))

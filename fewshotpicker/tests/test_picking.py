@@ -1100,15 +1100,20 @@ def test_benchmark_folders_are_named_after_the_data_set_and_model_not_position()
     # another model size never meets the tiny model's fine-tuned checkpoints
     real = Dataset(names[-1], [], [], None, None, 1.0)
     assert run_folder(Path("w"), real, "runs", "base") == Path("w/runs_base_EMPIAR-10028")
+    # nor another exemplar count the standard 15's (whose folders earlier runs made)
+    from fewshotpicker.benchmarks.picking import BenchSettings, seed_folder
+    assert seed_folder(Path("r"), 2, BenchSettings()) == Path("r/seed2")
+    assert seed_folder(Path("r"), 2, BenchSettings(exemplars=5)) == Path("r/seed2_5ex")
 
 
 def test_benchmark_summary_gives_mean_spread_device_and_windows_scored():
     from fewshotpicker.benchmarks.picking import summarise
-    rows = [dict(dataset="sim", picker="fast", seed=s, precision=0.8, recall=0.9, f1=f1,
+    rows = [dict(dataset="sim", picker="fast", seed=s, exemplars=5, precision=0.8, recall=0.9,
+                 f1=f1,
                  best_f1=0.9, ap=0.85, s_per_mic=2.0 + s, peak_rss_mb=100.0 + s, gpu_mb=None,
                  windows_scored=0.4 + 0.1 * s, device="cpu") for s, f1 in ((0, 0.8), (1, 0.9))]
     (row,) = summarise(rows)
-    assert row["seeds"] == 2 and row["device"] == "cpu"
+    assert row["seeds"] == 2 and row["device"] == "cpu" and row["exemplars"] == 5
     assert row["f1"] == pytest.approx(0.85) and row["f1_std"] == pytest.approx(0.05)
     assert row["s_per_mic"] == pytest.approx(2.5) and row["peak_mb"] == 101.0
     assert row["windows_scored"] == pytest.approx(0.45)
@@ -1150,6 +1155,11 @@ def test_benchmark_refuses_fewer_than_one_topaz_run(capsys):
     assert capsys.readouterr().err.strip().endswith("--topaz-runs 0: must be 1 or more.")
     code = main(["benchmark", "pruning", "--topaz-runs", "3", "--work", "w"])
     assert code == 2 and "pruning benchmark prunes one Topaz run" in capsys.readouterr().err
+    code = main(["benchmark", "picking", "--exemplars", "0", "--work", "w"])
+    assert code == 2 and capsys.readouterr().err.strip().endswith(
+        "--exemplars 0: must be 1 or more.")
+    code = main(["benchmark", "picking", "--small-input", "-8", "--work", "w"])
+    assert code == 2 and "--small-input -8: must be 0 (none)" in capsys.readouterr().err
 
 
 def test_score_map_centres_are_the_windows_grid_to_micrograph_places():
@@ -1180,3 +1190,22 @@ def test_the_next_micrograph_is_read_while_the_current_is_picked():
     assert got == ["A", "bad: not an MRC file.", "C"]
     assert started["bad"] < finished["a"] and started["c"] < finished["bad"]
     assert list(pick_run.read_ahead([], read)) == []
+
+
+def test_benchmark_exemplars_are_a_seeded_draw_inside_the_exemplar_micrograph(caplog):
+    import pandas as pd
+    from fewshotpicker.benchmarks.features import Dataset
+    from fewshotpicker.benchmarks.picking import draw_exemplars
+    truth = pd.DataFrame({"micrograph": ["a.mrc"] * 12 + ["b.mrc"] * 3,
+                          "x": [5.0, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140, 150, 60, 70, 80],
+                          "y": [50.0] * 15})
+    ds = Dataset("d", [Path("/data/a.mrc")], [Path("/data/b.mrc")], truth, truth.iloc[:0], 20.0)
+    five = draw_exemplars(ds, 5, seed=1)
+    assert len(five) == 5 and five["x"].min() > 10.0  # never the particle cut by the edge
+    assert set(five["micrograph"]) == {"/data/a.mrc"}
+    assert five.equals(draw_exemplars(ds, 5, seed=1))
+    assert not five.equals(draw_exemplars(ds, 5, seed=2))
+    with caplog.at_level(logging.WARNING, logger="fewshotpicker"):
+        every = draw_exemplars(ds, 30, seed=0)
+    assert sorted(every["x"]) == [50.0 + 10 * i for i in range(11)]
+    assert "30 exemplars asked for, 11 particles to draw from" in caplog.text
