@@ -22,7 +22,7 @@ from fewshotpicker.models.mae import sincos_pos_embed
 from fewshotpicker.io.checkpoint import load_checkpoint
 import fewshotpicker.training.finetune as finetune_module
 from fewshotpicker.training.common import load_mae
-from fewshotpicker.training.finetune import finetune
+from fewshotpicker.training.finetune import finetune, warn_if_few
 from fewshotpicker.training.pretrain import ENOUGH_STEPS, pretrain, warn_if_short
 
 STEPS = 80
@@ -113,6 +113,16 @@ def test_too_few_exemplars_and_exemplars_outside(crowded, tmp_path):
     outside = make_coordinates(str(mics[0]), [[50.0, 50.0], [100.0, 100.0], [900.0, 10.0]])
     with pytest.raises(InputError, match=r"out\.star: 1 coordinate\(s\) lie outside"):
         finetune(cfg, mics[:1], outside, tmp_path, "out.star")
+
+
+def test_fewer_than_ten_exemplars_are_warned_about_and_more_are_not(caplog):
+    with caplog.at_level("WARNING", logger="fewshotpicker"):
+        warn_if_few(5, "ex.star")
+    assert "ex.star: 5 exemplars; with fewer than 10 the features rank particles" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fewshotpicker"):
+        warn_if_few(10, "ex.star")
+    assert caplog.text == ""
 
 
 def test_a_checkpoint_made_on_other_exemplars_is_not_resumed(crowded, tmp_path):

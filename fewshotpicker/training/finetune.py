@@ -40,6 +40,10 @@ from .loop import (coordinate_items, inputs_fingerprint, step_generator, train,
 
 log = logging.getLogger("fewshotpicker")
 MIN_EXEMPLARS = 3
+# below this many exemplars the features still rank particles as well, but pick's automatic
+# cutoff, anchored by the exemplars, misses more of them (docs/benchmarks.md, "How many
+# exemplars")
+FEW_EXEMPLARS = 10
 
 
 def build_model(cfg: TrainConfig, device: torch.device) -> MaskedAutoencoder:
@@ -257,6 +261,16 @@ def check_settings(cfg: TrainConfig, n_exemplars: int, source: str) -> None:
                          f"{MIN_EXEMPLARS} are needed (about 15 work best).")
 
 
+def warn_if_few(n_exemplars: int, source: str) -> None:
+    """Say so when there are fewer than ``FEW_EXEMPLARS`` exemplars, and what it costs."""
+    if n_exemplars < FEW_EXEMPLARS:
+        log.warning("%s: %d exemplars; with fewer than %d the features rank particles as "
+                    "well, but pick's automatic cutoff misses more of them (5 exemplars on "
+                    "real micrographs: F1 at the cutoff 0.80 against 0.85 with 15); add "
+                    "exemplars if you can, or check pick's summary.png for micrographs with "
+                    "too few picks.", source, n_exemplars, FEW_EXEMPLARS)
+
+
 def model_to_finetune(cfg: TrainConfig, device: torch.device) -> MaskedAutoencoder:
     """The model of :func:`build_model` with the pooling and input size ``cfg`` asks for."""
     model = build_model(cfg, device)
@@ -316,6 +330,7 @@ def finetune(cfg: TrainConfig, micrographs: List[Path], exemplars: pd.DataFrame,
     """Fine-tune on exemplars; writes ``model.pt`` (with the feature bank) and curves."""
     out_dir, micrographs = Path(out_dir), [Path(m) for m in micrographs]
     check_settings(cfg, len(exemplars), source)
+    warn_if_few(len(exemplars), source)
     if len(micrographs) <= cfg.max_micrographs:
         cfg = replace(cfg, max_micrographs=0)  # recorded as what it does: all of them
     micrographs = training_micrographs(micrographs, exemplars, cfg)

@@ -8,6 +8,7 @@ from ..objects import FewShotModel
 from .protocol_base import MODEL_SIZES, FewShotProtBase
 
 MIN_EXEMPLARS = 3
+FEW_EXEMPLARS = 10  # the engine's: below it pick's automatic cutoff misses more particles
 STUDENT_PRECISIONS = ["fp32", "auto", "bf16"]  # the engine's device.PRECISIONS, default first
 
 
@@ -166,12 +167,22 @@ class FewShotProtTrain(ProtParticlePicking, FewShotProtBase):
             MODEL_SIZES[self.modelSize.get()]
 
     def _warnings(self):
+        warnings = []
         model = self.inputModel.get()
         if model is not None and model.getBoxSize() and \
                 abs(model.getBoxSize() - self.getBoxSize()) > 0.25 * self.getBoxSize():
-            return [f"The model was pretrained with {model.getBoxSize()} px regions, the box "
-                    f"here is {self.getBoxSize()} px; features work best at the same scale."]
-        return []
+            warnings.append(f"The model was pretrained with {model.getBoxSize()} px regions, "
+                            f"the box here is {self.getBoxSize()} px; features work best at "
+                            f"the same scale.")
+        ready = self.inputCoordinates.get() is not None and self.getInputMicrographs()
+        n = len(self._exemplarRows()) if ready else 0
+        if MIN_EXEMPLARS <= n < FEW_EXEMPLARS:
+            warnings.append(f"Only {n} exemplars: with fewer than {FEW_EXEMPLARS} the picks "
+                            f"are ranked as well, but the automatic cutoff misses more "
+                            f"particles (5 exemplars on real micrographs: F1 0.80 against 0.85 "
+                            f"with 15). Add exemplars if you can, or check the pick's "
+                            f"summary for micrographs with too few picks.")
+        return warnings
 
     def _summary(self):
         if self.inputCoordinates.get() is None:

@@ -21,7 +21,8 @@ from pyworkflow.tests import BaseTest, setupTestProject  # noqa: E402
 from fewshotpicker.config import MicrographSimConfig  # noqa: E402
 from fewshotpicker.data.synthetic import simulate_dataset  # noqa: E402
 from fewshotpicker.evaluate import evaluate_all  # noqa: E402
-from fewshotpicker.io.coordinates import micrograph_key, read_coordinates  # noqa: E402
+from fewshotpicker.io.coordinates import (micrograph_key, read_coordinates,  # noqa: E402
+                                          write_coordinate_table)
 from scipion_fewshotpicker.constants import SCORE_ATTR  # noqa: E402
 from scipion_fewshotpicker.convert import linkMicrographs, micKey  # noqa: E402
 from scipion_fewshotpicker.protocols import (FewShotProtImportModel, FewShotProtPick,  # noqa
@@ -287,6 +288,26 @@ class TestFewShotWorkflow(BaseTest):
                             inputModel=smaller.outputModel, useGpu=False)
         f1 = {"full": self._f1(self.pick), "smaller input": self._f1(pick)}
         self.assertGreater(f1["smaller input"], max(0.6, f1["full"] - 0.1), f1)
+
+    def test_fewer_than_ten_exemplars_are_warned_about(self):
+        self.assertEqual(self.train.warnings(), [])  # the simulated 15
+        five = read_coordinates(f"{self.data}/exemplars.star").iloc[:5]
+        os.makedirs(f"{self.data}/five", exist_ok=True)
+        write_coordinate_table(five, f"{self.data}/five/exemplars.star")
+        prot = self.newProtocol(ProtImportCoordinates,
+                                importFrom=ProtImportCoordinates.IMPORT_FROM_RELION,
+                                filesPath=f"{self.data}/five", filesPattern="exemplars.star",
+                                boxSize=self.meta["box_px"])
+        prot.inputMicrographs.set(self.mics)
+        self.launchProtocol(prot)
+        few = self.newProtocol(FewShotProtTrain, useGpu=False)
+        few.inputMicrographs.set(self.mics)
+        few.inputCoordinates.set(prot.outputCoordinates)
+        few.inputModel.set(self.pretrain.outputModel)
+        self.assertEqual(few.validate(), [])
+        (warning,) = few.warnings()
+        self.assertTrue(warning.startswith("Only 5 exemplars: with fewer than 10 the picks are "
+                                           "ranked as well"), warning)
 
     def test_box_size_wizard_reads_the_exemplars_box(self):
         from scipion_fewshotpicker.wizards import FewShotBoxSizeWizard
