@@ -8,7 +8,7 @@ from ..objects import FewShotModel
 from .protocol_base import MODEL_SIZES, FewShotProtBase
 
 MIN_EXEMPLARS = 3
-FEW_EXEMPLARS = 10  # the engine's: below it pick's automatic cutoff misses more particles
+FEW_EXEMPLARS = 15  # the engine's: below it pick's automatic cutoff misses more particles
 STUDENT_PRECISIONS = ["fp32", "auto", "bf16"]  # the engine's device.PRECISIONS, default first
 
 
@@ -179,8 +179,8 @@ class FewShotProtTrain(ProtParticlePicking, FewShotProtBase):
         if MIN_EXEMPLARS <= n < FEW_EXEMPLARS:
             warnings.append(f"Only {n} exemplars: with fewer than {FEW_EXEMPLARS} the picks "
                             f"are ranked as well, but the automatic cutoff misses more "
-                            f"particles (5 exemplars on real micrographs: F1 0.80 against 0.85 "
-                            f"with 15). Add exemplars if you can, or check the pick's "
+                            f"particles (on real micrographs F1 0.80 with 5, 0.83 with 10, "
+                            f"0.85 with 15). Add exemplars if you can, or check the pick's "
                             f"summary for micrographs with too few picks.")
         return warnings
 

@@ -289,7 +289,7 @@ class TestFewShotWorkflow(BaseTest):
         f1 = {"full": self._f1(self.pick), "smaller input": self._f1(pick)}
         self.assertGreater(f1["smaller input"], max(0.6, f1["full"] - 0.1), f1)
 
-    def test_fewer_than_ten_exemplars_are_warned_about(self):
+    def test_fewer_than_fifteen_exemplars_are_warned_about(self):
         self.assertEqual(self.train.warnings(), [])  # the simulated 15
         five = read_coordinates(f"{self.data}/exemplars.star").iloc[:5]
         os.makedirs(f"{self.data}/five", exist_ok=True)
@@ -306,7 +306,7 @@ class TestFewShotWorkflow(BaseTest):
         few.inputModel.set(self.pretrain.outputModel)
         self.assertEqual(few.validate(), [])
         (warning,) = few.warnings()
-        self.assertTrue(warning.startswith("Only 5 exemplars: with fewer than 10 the picks are "
+        self.assertTrue(warning.startswith("Only 5 exemplars: with fewer than 15 the picks are "
                                            "ranked as well"), warning)
 
     def test_box_size_wizard_reads_the_exemplars_box(self):
