@@ -307,7 +307,7 @@ class TestFewShotWorkflow(BaseTest):
         self.assertEqual(few.validate(), [])
         (warning,) = few.warnings()
         self.assertTrue(warning.startswith("Only 5 exemplars: with fewer than 15 the picks are "
-                                           "ranked as well"), warning)
+                                           "ranked about as well"), warning)
 
     def test_box_size_wizard_reads_the_exemplars_box(self):
         from scipion_fewshotpicker.wizards import FewShotBoxSizeWizard
